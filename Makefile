@@ -1,0 +1,46 @@
+# Every target creates .venv on first use: `make serve` and `make test` work on a fresh machine.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed-stamp
+# torch is installed first and pinned: a bare `torch` would pull a multi-GB CUDA build.
+TORCH  ?= torch==2.13.0
+ARGS   ?=
+
+.PHONY: venv serve test lint proto bench clean redis-server
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q "$(TORCH)"
+	$(BIN)/python -m pip install -q -e ".[dev]"
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+# The server on the embedded store (data in ~/.local/share/paramsched unless --data-dir).
+serve: $(STAMP)
+	$(BIN)/paramsched serve $(ARGS)
+
+# Tests start their own redis-server processes; install it from Debian's packages if missing.
+redis-server:
+	@command -v redis-server >/dev/null 2>&1 || { \
+	  echo "installing redis-server (Debian package)"; \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -q && $$SUDO apt-get install -y -q redis-server; }
+
+test: $(STAMP) redis-server
+	$(BIN)/python -m pytest -q $(ARGS)
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/mypy server client proto/paramsched/__init__.py tools
+
+proto: $(STAMP)
+	$(BIN)/python tools/gen_proto.py
+
+bench: $(STAMP) redis-server
+	$(BIN)/python benchmarks/run_all.py $(ARGS)
+
+clean:
+	rm -rf $(VENV) build *.egg-info

@@ -1,0 +1,1 @@
+"""paramsched server: schedule engine, job stores, domain service and gRPC front end."""

@@ -1,0 +1,200 @@
+"""The gRPC front end: proto -> domain call -> proto. Thin on purpose.
+
+Domain errors map to status codes in one place (``_STATUS``); anything unexpected is
+logged and answered INTERNAL, so no request can take the server down.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+import grpc
+from paramsched.api.v1 import scheduler_pb2 as pb
+from paramsched.api.v1 import scheduler_pb2_grpc as pb_grpc
+
+from ..errors import InvalidArgument, ServiceError
+from ..service import JobView, Plan, SchedulerService
+
+log = logging.getLogger("paramsched.server")
+
+_STATUS = {
+    "invalid_argument": grpc.StatusCode.INVALID_ARGUMENT,
+    "not_found": grpc.StatusCode.NOT_FOUND,
+    "already_exists": grpc.StatusCode.ALREADY_EXISTS,
+    "failed_precondition": grpc.StatusCode.FAILED_PRECONDITION,
+    "unavailable": grpc.StatusCode.UNAVAILABLE,
+}
+
+Req = TypeVar("Req")
+Resp = TypeVar("Resp")
+Handler = Callable[[Any, Req, grpc.aio.ServicerContext], Awaitable[Resp]]
+
+
+def _mapped(method: Handler[Req, Resp]) -> Handler[Req, Resp]:
+    @functools.wraps(method)
+    async def wrapper(self: Any, request: Req, context: grpc.aio.ServicerContext) -> Resp:
+        try:
+            return await method(self, request, context)
+        except ServiceError as exc:
+            await context.abort(_STATUS.get(exc.code, grpc.StatusCode.INTERNAL), str(exc))
+        except Exception:  # never let one request take the server down
+            log.exception("unexpected error in %s", method.__name__)
+            await context.abort(grpc.StatusCode.INTERNAL, "internal error; see the server log")
+        raise AssertionError("unreachable")  # pragma: no cover - abort() always raises
+
+    return wrapper
+
+
+def spec_to_dict(spec: pb.JobSpec) -> dict[str, Any]:
+    """A proto JobSpec as the spec dict the domain validates."""
+    try:
+        param_scheduler = json.loads(spec.param_scheduler_json)
+    except ValueError as exc:
+        raise InvalidArgument(f"is not valid JSON: {exc}",
+                              field="spec.param_scheduler_json") from None
+    groups = []
+    for group in spec.initial_values:
+        values: dict[str, Any] = dict(group.values)
+        if group.betas:
+            values["betas"] = list(group.betas)
+        groups.append(values)
+    return {
+        "param_scheduler": param_scheduler,
+        "initial_values": groups,
+        "epoch_length": spec.epoch_length if spec.HasField("epoch_length") else None,
+        "max_epochs": spec.max_epochs if spec.HasField("max_epochs") else None,
+        "max_iters": spec.max_iters if spec.HasField("max_iters") else None,
+    }
+
+
+def spec_to_proto(data: dict[str, Any]) -> pb.JobSpec:
+    spec = pb.JobSpec(param_scheduler_json=json.dumps(data["param_scheduler"]))
+    for group in data["initial_values"]:
+        message = spec.initial_values.add()
+        for key, value in group.items():
+            if key == "betas":
+                message.betas.extend(value)
+            else:
+                message.values[key] = value
+    for key in ("epoch_length", "max_epochs", "max_iters"):
+        if data.get(key) is not None:
+            setattr(spec, key, data[key])
+    return spec
+
+
+def plan_to_proto(plan: Plan) -> pb.Plan:
+    flat = [group[p] for step in plan.values for group in step for p in plan.params]
+    message = pb.Plan(
+        start_iteration=plan.start,
+        num_iterations=len(plan.values),
+        params=plan.params,
+        num_groups=plan.num_groups,
+        values=flat,
+        generation=plan.generation,
+    )
+    if plan.waits_for_epoch is not None:
+        message.waits_for_epoch = plan.waits_for_epoch
+    return message
+
+
+def job_to_proto(view: JobView) -> pb.Job:
+    record, spec = view.record, view.spec
+    job = pb.Job(
+        job_id=record.job_id,
+        spec=spec_to_proto(spec.to_dict()),
+        generation=record.generation,
+        world_size=record.world_size,
+        params=spec.params,
+        num_groups=spec.num_groups,
+        momentum_via_betas=spec.momentum_via_betas,
+        max_iters=spec.max_iters,
+        version=record.version,
+        created_at=record.created_at,
+        issued_until=record.issued_until,
+    )
+    if spec.epoch_length is not None:
+        job.epoch_length = spec.epoch_length
+    for rank, iteration in sorted(record.progress.items()):
+        job.progress.add(rank=rank, iteration=iteration)
+    return job
+
+
+class SchedulerServicer(pb_grpc.SchedulerServiceServicer):
+    def __init__(self, service: SchedulerService) -> None:
+        self.service = service
+
+    @_mapped
+    async def AttachJob(self, request: pb.AttachJobRequest,
+                        context: grpc.aio.ServicerContext) -> pb.AttachJobResponse:
+        spec = spec_to_dict(request.spec) if request.HasField("spec") else None
+        view, created, plan = await self.service.attach(
+            request.job_id, spec, world_size=request.world_size, rank=request.rank,
+            plan_size=request.plan_size)
+        return pb.AttachJobResponse(job=job_to_proto(view), created=created,
+                                    plan=plan_to_proto(plan))
+
+    @_mapped
+    async def GetJob(self, request: pb.GetJobRequest,
+                     context: grpc.aio.ServicerContext) -> pb.GetJobResponse:
+        return pb.GetJobResponse(job=job_to_proto(await self.service.get(request.job_id)))
+
+    @_mapped
+    async def ListJobs(self, request: pb.ListJobsRequest,
+                       context: grpc.aio.ServicerContext) -> pb.ListJobsResponse:
+        views, token = await self.service.list(request.prefix, request.page_size,
+                                               request.page_token)
+        return pb.ListJobsResponse(jobs=[job_to_proto(v) for v in views], next_page_token=token)
+
+    @_mapped
+    async def DeleteJob(self, request: pb.DeleteJobRequest,
+                        context: grpc.aio.ServicerContext) -> pb.DeleteJobResponse:
+        return pb.DeleteJobResponse(deleted=await self.service.delete(request.job_id))
+
+    @_mapped
+    async def ReportProgress(self, request: pb.ReportProgressRequest,
+                             context: grpc.aio.ServicerContext) -> pb.ReportProgressResponse:
+        epoch_end = request.epoch_end if request.HasField("epoch_end") else None
+        metrics = dict(request.metrics) if request.has_metrics else None
+        if epoch_end is None and request.has_metrics:
+            raise InvalidArgument("metrics are only accepted with epoch_end", field="has_metrics")
+        plan = await self.service.report(
+            request.job_id, generation=request.generation, rank=request.rank,
+            iteration=request.iteration, epoch_end=epoch_end, metrics=metrics,
+            plan_size=request.plan_size)
+        return pb.ReportProgressResponse(plan=plan_to_proto(plan))
+
+    @_mapped
+    async def GetValues(self, request: pb.GetValuesRequest,
+                        context: grpc.aio.ServicerContext) -> pb.GetValuesResponse:
+        plan = await self.service.values(request.job_id, request.start_iteration,
+                                         request.stop_iteration)
+        return pb.GetValuesResponse(plan=plan_to_proto(plan))
+
+    @_mapped
+    async def GetState(self, request: pb.GetStateRequest,
+                       context: grpc.aio.ServicerContext) -> pb.GetStateResponse:
+        state = await self.service.get_state(request.job_id, request.iteration)
+        return pb.GetStateResponse(state_json=state)
+
+    @_mapped
+    async def LoadState(self, request: pb.LoadStateRequest,
+                        context: grpc.aio.ServicerContext) -> pb.LoadStateResponse:
+        view, plan, resumed = await self.service.load_state(
+            request.job_id, request.state_json, plan_size=request.plan_size)
+        return pb.LoadStateResponse(job=job_to_proto(view), plan=plan_to_proto(plan),
+                                    resumed=resumed)
+
+    @_mapped
+    async def PreviewSchedule(self, request: pb.PreviewScheduleRequest,
+                              context: grpc.aio.ServicerContext) -> pb.PreviewScheduleResponse:
+        decisions = {
+            epoch: (dict(d.metrics) if d.has_metrics else None)
+            for epoch, d in request.decisions.items()
+        }
+        plan = self.service.preview(spec_to_dict(request.spec), request.start_iteration,
+                                    request.stop_iteration, decisions)
+        return pb.PreviewScheduleResponse(plan=plan_to_proto(plan))

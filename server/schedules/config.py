@@ -1,0 +1,511 @@
+"""From an MMEngine ``param_scheduler`` config to a validated, immutable ``JobSpec``.
+
+This module holds the Runner's build rules, each in one place:
+
+* a single dict is a list of one; each dict builds one scheduler, in list order;
+* the default ``end`` is ``max_epochs`` when the dict's ``by_epoch`` (default True)
+  holds, else ``max_iters``; it is set *before* ``convert_to_iter_based`` scales it
+  (an iteration-based job's ``max_epochs`` is 1, as in IterBasedTrainLoop);
+* ``convert_to_iter_based=True`` is MMEngine's ``build_iter_from_epoch``: ``begin`` and
+  ``end`` become ``int(x * epoch_length)`` (an ``end`` of ``INF`` stays), the kind's
+  periods (``step_size``, ``milestones``, ``T_max``, ``periods``, ``total_steps``) are
+  multiplied by ``epoch_length``, and ``by_epoch`` becomes False;
+* ``Momentum`` types drive ``momentum``, or ``betas[0]`` when the groups have ``betas``
+  and no ``momentum`` (Adam-style); ``*ParamScheduler`` types drive ``param_name``.
+
+Everything MMEngine rejects, and everything on which it would crash while training
+(division or modulo by zero, OneCycle stepping past ``total_steps``), raises
+``ConfigError`` here, before anything is built.
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from . import fields as f
+from .errors import ConfigError
+from .rules import (
+    ConstantRule,
+    CosineAnnealingRule,
+    CosineRestartRule,
+    ExponentialRule,
+    LinearRule,
+    MultiStepRule,
+    OneCycleRule,
+    OnePhase,
+    PlateauRule,
+    PolyRule,
+    Rule,
+    StepRule,
+)
+
+INF = 10**9  # MMEngine's "no end" (int(1e9)); kept unscaled by convert_to_iter_based.
+
+COMMON_FIELDS: dict[str, tuple[f.Check, Any]] = {
+    "begin": (f.number(low=0), 0),
+    "end": (f.number(low=0), None),
+    "by_epoch": (f.boolean, True),
+    "convert_to_iter_based": (f.boolean, False),
+    "verbose": (f.boolean, False),
+    "last_step": (f.minus_one, -1),
+    "_scope_": (f.text, None),
+}
+
+REQUIRED = object()
+
+# kind -> its own fields (check, default); REQUIRED marks mandatory ones.
+KIND_FIELDS: dict[str, dict[str, tuple[f.Check, Any]]] = {
+    "Constant": {"factor": (f.number(low=0, high=1), 1.0 / 3)},
+    "Linear": {
+        "start_factor": (f.number(low=0, high=1), 1.0 / 3),
+        "end_factor": (f.number(low=0, high=1), 1.0),
+    },
+    "Exponential": {"gamma": (f.number(), REQUIRED)},
+    "Step": {"step_size": (f.integer(nonzero=True), REQUIRED), "gamma": (f.number(), 0.1)},
+    "MultiStep": {
+        "milestones": (f.sequence_of(f.integer(low=0)), REQUIRED),
+        "gamma": (f.number(), 0.1),
+    },
+    "CosineAnnealing": {
+        "T_max": (f.optional(f.number()), None),
+        "eta_min": (f.optional(f.number()), None),
+        "eta_min_ratio": (f.optional(f.number()), None),
+    },
+    "Poly": {"eta_min": (f.number(), 0), "power": (f.number(), 1.0)},
+    "CosineRestart": {
+        "periods": (f.sequence_of(f.integer(low=1), min_len=1), REQUIRED),
+        "restart_weights": (f.sequence_of(f.number(), min_len=1), (1,)),
+        "eta_min": (f.optional(f.number()), None),
+        "eta_min_ratio": (f.optional(f.number()), None),
+    },
+    "OneCycle": {
+        "eta_max": (f.number_or_sequence(f.number()), 0),
+        "total_steps": (f.optional(f.integer(low=1)), None),
+        "pct_start": (f.strict_float(low=0.0, high=1.0), 0.3),
+        "anneal_strategy": (f.choice("cos", "linear"), "cos"),
+        "div_factor": (f.number(), 25.0),
+        "final_div_factor": (f.number(), 1e4),
+        "three_phase": (f.boolean, False),
+    },
+    "ReduceOnPlateau": {
+        "monitor": (f.text, "loss"),
+        "rule": (f.choice("less", "greater"), "less"),
+        "factor": (f.number(high=1.0, high_open=True), 0.1),
+        "patience": (f.integer(low=0), 10),
+        "threshold": (f.number(low=0), 1e-4),
+        "threshold_rule": (f.choice("rel", "abs"), "rel"),
+        "cooldown": (f.integer(low=0), 0),
+        "min_value": (f.number_or_sequence(f.number()), 0.0),
+        "eps": (f.number(), 1e-8),
+    },
+}
+
+# Fields multiplied by epoch_length under convert_to_iter_based.
+PERIOD_FIELDS = {
+    "Step": ("step_size",),
+    "MultiStep": ("milestones",),
+    "CosineAnnealing": ("T_max",),
+    "CosineRestart": ("periods",),
+    "OneCycle": ("total_steps",),
+}
+
+FAMILIES = (("ParamScheduler", None), ("Momentum", "momentum"), ("LR", "lr"))
+
+
+@dataclass(frozen=True)
+class SchedulerSpec:
+    """One built scheduler: its window and by_epoch after conversion, and its rule."""
+
+    index: int
+    type: str
+    kind: str
+    param: str
+    by_epoch: bool
+    begin: int
+    end: int
+    rule: Rule | PlateauRule
+
+    @property
+    def is_plateau(self) -> bool:
+        return isinstance(self.rule, PlateauRule)
+
+
+@dataclass(frozen=True)
+class JobSpec:
+    """A validated job: its schedulers, initial values and training length.
+
+    ``to_dict()`` gives the canonical inputs (plain JSON); ``JobSpec.from_dict`` rebuilds
+    and re-validates them, so a stored spec always means the same curves.
+    """
+
+    param_scheduler: tuple[dict[str, Any], ...]
+    initial_values: tuple[dict[str, Any], ...]
+    epoch_length: int | None
+    max_epochs: int | None
+    max_iters: int
+    schedulers: tuple[SchedulerSpec, ...]
+    params: tuple[str, ...]
+    momentum_via_betas: bool
+
+    @property
+    def epoch_based(self) -> bool:
+        return self.max_epochs is not None
+
+    @property
+    def num_groups(self) -> int:
+        return len(self.initial_values)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "param_scheduler": [dict(c) for c in self.param_scheduler],
+            "initial_values": [dict(g) for g in self.initial_values],
+            "epoch_length": self.epoch_length,
+            "max_epochs": self.max_epochs,
+            "max_iters": None if self.epoch_based else self.max_iters,
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> JobSpec:
+        return build_job_spec(
+            data["param_scheduler"],
+            data["initial_values"],
+            epoch_length=data.get("epoch_length"),
+            max_epochs=data.get("max_epochs"),
+            max_iters=data.get("max_iters"),
+        )
+
+
+def split_type(type_name: Any, index: int) -> tuple[str, str | None]:
+    """``"LinearLR"`` -> (``"Linear"``, ``"lr"``); generic types give param None."""
+    if not isinstance(type_name, str):
+        raise ConfigError("must be a scheduler type name (a string)", field="type", index=index)
+    for suffix, param in FAMILIES:
+        kind = type_name.removesuffix(suffix)
+        if kind != type_name and kind in KIND_FIELDS:
+            if kind == "OneCycle" and param == "momentum":
+                break
+            return kind, param
+    known = sorted(
+        k + s for k in KIND_FIELDS for s, _ in FAMILIES if not (k == "OneCycle" and s == "Momentum")
+    )
+    close = difflib.get_close_matches(type_name, known, n=1)
+    hint = f"; did you mean {close[0]!r}?" if close else ""
+    raise ConfigError(
+        f"unknown scheduler type {type_name!r}{hint}", field="type", index=index,
+        scheduler_type=type_name,
+    )
+
+
+def _validate_job(
+    initial_values: Any, epoch_length: Any, max_epochs: Any, max_iters: Any
+) -> tuple[tuple[dict[str, Any], ...], int | None, int | None, int]:
+    if (max_epochs is None) == (max_iters is None):
+        raise ConfigError(
+            "give exactly one of max_epochs (epoch-based loop) or max_iters (iteration-based)",
+            field="max_epochs" if max_epochs is not None else "max_iters",
+        )
+    checks = (("epoch_length", epoch_length), ("max_epochs", max_epochs), ("max_iters", max_iters))
+    for name, value in checks:
+        if value is not None:
+            try:
+                f.integer(low=1)(value)
+            except f.Invalid as exc:
+                raise ConfigError(str(exc), field=name) from None
+    if max_epochs is not None:
+        if epoch_length is None:
+            raise ConfigError("required for an epoch-based job (max_epochs)", field="epoch_length")
+        max_iters = max_epochs * epoch_length
+    if not isinstance(initial_values, Sequence) or isinstance(initial_values, str | bytes):
+        raise ConfigError("must be a list with one dict per param group", field="initial_values")
+    if not initial_values:
+        raise ConfigError("must describe at least one param group", field="initial_values")
+    groups = []
+    for gi, group in enumerate(initial_values):
+        where = f"initial_values[{gi}]"
+        if not isinstance(group, Mapping):
+            raise ConfigError("must be a dict of param_group values", field=where)
+        clean: dict[str, Any] = {}
+        for key, value in group.items():
+            if not isinstance(key, str) or not key:
+                raise ConfigError("keys must be non-empty strings", field=where)
+            try:
+                if key == "betas":
+                    clean[key] = list(f.sequence_of(f.number(), min_len=2)(value))
+                else:
+                    clean[key] = f.number()(value)
+            except f.Invalid as exc:
+                raise ConfigError(str(exc), field=f"{where}.{key}") from None
+        groups.append(clean)
+    return tuple(groups), epoch_length, max_epochs, int(max_iters)
+
+
+def _check_fields(
+    cfg: Mapping[str, Any], kind: str, generic: bool, index: int, type_name: str
+) -> dict[str, Any]:
+    allowed = dict(COMMON_FIELDS) | KIND_FIELDS[kind]
+    if generic:
+        allowed["param_name"] = (f.text, REQUIRED)
+    values: dict[str, Any] = {}
+    for key in cfg:
+        if key == "type":
+            continue
+        if key not in allowed:
+            close = difflib.get_close_matches(str(key), list(allowed), n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            raise ConfigError(
+                f"unknown argument for {type_name}{hint}", field=str(key), index=index,
+                scheduler_type=type_name,
+            )
+    for key, (check, default) in allowed.items():
+        if key in cfg:
+            try:
+                values[key] = check(cfg[key])
+            except f.Invalid as exc:
+                raise ConfigError(str(exc), field=key, index=index,
+                                  scheduler_type=type_name) from None
+        elif default is REQUIRED:
+            raise ConfigError("is required", field=key, index=index, scheduler_type=type_name)
+        else:
+            values[key] = default
+    return values
+
+
+def _reachable_steps(begin: int, end: int, by_epoch: bool, job: _Job) -> int:
+    """How many steps of its window a scheduler takes in training (MMEngine steps every
+    scheduler once more after the final iteration/epoch, and that step counts)."""
+    horizon = job.loop_epochs if by_epoch else job.max_iters
+    return max(0, min(end - 1, horizon) - begin + 1)
+
+
+@dataclass(frozen=True)
+class _Job:
+    groups: int
+    epoch_length: int | None
+    max_epochs: int | None
+    max_iters: int
+
+    @property
+    def loop_epochs(self) -> int:
+        """The training loop's epochs: max_epochs, or 1 for an iteration-based loop."""
+        return self.max_epochs if self.max_epochs is not None else 1
+
+
+def build_job_spec(
+    param_scheduler: Any,
+    initial_values: Any,
+    *,
+    epoch_length: int | None = None,
+    max_epochs: int | None = None,
+    max_iters: int | None = None,
+) -> JobSpec:
+    """Validate a job and build its schedulers, the way MMEngine's Runner would.
+
+    ``param_scheduler``: a scheduler config dict or a list of them.
+    ``initial_values``: one dict per param group with the optimizer's numeric values
+    (``lr``, ``momentum`` or ``betas``, ``weight_decay``, any custom key).
+    ``max_epochs`` (epoch-based loop, needs ``epoch_length``) or ``max_iters``.
+    """
+    groups, epoch_length, max_epochs, total_iters = _validate_job(
+        initial_values, epoch_length, max_epochs, max_iters
+    )
+    job = _Job(len(groups), epoch_length, max_epochs, total_iters)
+    if isinstance(param_scheduler, Mapping):
+        param_scheduler = [param_scheduler]
+    if not isinstance(param_scheduler, Sequence) or isinstance(param_scheduler, str | bytes):
+        raise ConfigError("must be a scheduler config dict or a list of them",
+                          field="param_scheduler")
+    has_momentum = all("momentum" in g for g in groups)
+    has_betas = all("betas" in g for g in groups)
+    momentum_via_betas = not has_momentum and has_betas
+    # Keys each group holds as schedulers are built (momentum schedulers on betas
+    # optimizers add a "momentum" key, as MMEngine does).
+    keys = set.intersection(*(set(g) for g in groups))
+    configs: list[dict[str, Any]] = []
+    specs: list[SchedulerSpec] = []
+    for index, cfg in enumerate(param_scheduler):
+        if not isinstance(cfg, Mapping):
+            raise ConfigError("must be a dict with a 'type'", field="", index=index)
+        if "type" not in cfg:
+            raise ConfigError("is required", field="type", index=index)
+        type_name = cfg["type"]
+        kind, family_param = split_type(type_name, index)
+        values = _check_fields(cfg, kind, family_param is None, index, type_name)
+        if family_param == "momentum":
+            if not (has_momentum or has_betas):
+                raise ConfigError(
+                    "the optimizer has no 'momentum' or 'betas' in every param group",
+                    field="type", index=index, scheduler_type=type_name)
+            keys.add("momentum")
+        param = family_param or values["param_name"]
+        if param not in keys or param == "betas":
+            raise ConfigError(
+                f"every param group needs a numeric {param!r} value to schedule "
+                f"(groups have {sorted(keys)})",
+                field="param_name" if family_param is None else "type",
+                index=index, scheduler_type=type_name)
+        specs.append(_build_one(index, type_name, kind, param, values, job))
+        configs.append(dict(cfg))
+    scheduled = tuple(dict.fromkeys(s.param for s in specs))
+    return JobSpec(
+        param_scheduler=tuple(configs),
+        initial_values=groups,
+        epoch_length=epoch_length,
+        max_epochs=max_epochs,
+        max_iters=total_iters,
+        schedulers=tuple(specs),
+        params=scheduled,
+        momentum_via_betas=momentum_via_betas,
+    )
+
+
+def _build_one(
+    index: int, type_name: str, kind: str, param: str, v: dict[str, Any], job: _Job
+) -> SchedulerSpec:
+    def fail(field: str, reason: str) -> ConfigError:
+        return ConfigError(reason, field=field, index=index, scheduler_type=type_name)
+
+    by_epoch: bool = v["by_epoch"]
+    convert: bool = v["convert_to_iter_based"]
+    begin, end = v["begin"], v["end"]
+    if end is None:
+        end = job.loop_epochs if by_epoch else job.max_iters
+    if kind == "ReduceOnPlateau":
+        if not by_epoch:
+            raise fail("by_epoch", "ReduceOnPlateau only supports by_epoch=True")
+        if convert:
+            raise fail("convert_to_iter_based", "ReduceOnPlateau cannot be converted to iter-based")
+        if job.max_epochs is None:
+            raise fail("type", "ReduceOnPlateau needs an epoch-based job (max_epochs): its "
+                               "decisions are taken at epoch ends")
+    if convert:
+        if not by_epoch:
+            raise fail("convert_to_iter_based", "only by_epoch=True schedulers can be converted")
+        if job.epoch_length is None:
+            raise fail("convert_to_iter_based", "needs the job's epoch_length")
+        length = job.epoch_length
+        begin = int(begin * length)
+        if end != INF:
+            end = int(end * length)
+        for name in PERIOD_FIELDS.get(kind, ()):
+            if isinstance(v[name], tuple):
+                v[name] = tuple(x * length for x in v[name])
+            elif v[name] is not None:
+                v[name] = v[name] * length
+        by_epoch = False
+    for name, value in (("begin", begin), ("end", end)):
+        if value != int(value):
+            raise fail(name, f"must be a whole number of {'epochs' if by_epoch else 'iterations'} "
+                             f"unless convert_to_iter_based=True, got {value!r}")
+    begin, end = int(begin), int(end)
+    if end <= begin:
+        raise fail("end", f"must be larger than begin, got begin={begin}, end={end}")
+    steps = _reachable_steps(begin, end, by_epoch, job)
+    window = end - begin - 1  # MMEngine's total_iters
+    rule: Rule | PlateauRule
+    if kind == "Constant":
+        if v["factor"] == 0 and 1 <= window <= steps - 1:
+            raise fail("factor", "0 would divide by zero when the window ends "
+                                 "(MMEngine crashes with ZeroDivisionError)")
+        rule = ConstantRule(v["factor"], window)
+    elif kind == "Linear":
+        if v["start_factor"] == 0 and steps >= 2:
+            raise fail("start_factor", "0 would divide by zero at the scheduler's second step "
+                                       "(MMEngine crashes with ZeroDivisionError)")
+        rule = LinearRule(v["start_factor"], v["end_factor"], window)
+    elif kind == "Exponential":
+        rule = ExponentialRule(v["gamma"])
+    elif kind == "Step":
+        rule = StepRule(v["step_size"], v["gamma"])
+    elif kind == "MultiStep":
+        rule = MultiStepRule(Counter(v["milestones"]), v["gamma"])
+    elif kind == "CosineAnnealing":
+        _one_eta_min(v, fail, required=False)
+        rule = CosineAnnealingRule(v["T_max"] or (end - begin), v["eta_min"], v["eta_min_ratio"])
+    elif kind == "Poly":
+        if v["power"] < 0 and 1 <= window <= steps - 1:
+            raise fail("power", "a negative power divides by zero at the window's last step "
+                                "(MMEngine crashes with ZeroDivisionError)")
+        rule = PolyRule(v["eta_min"], v["power"], window)
+    elif kind == "CosineRestart":
+        _one_eta_min(v, fail, required=True)
+        periods, weights = v["periods"], v["restart_weights"]
+        if len(periods) != len(weights):
+            raise fail("restart_weights", f"must have one weight per period ({len(periods)}), "
+                                          f"got {len(weights)}")
+        cumulative = tuple(sum(periods[: i + 1]) for i in range(len(periods)))
+        rule = CosineRestartRule(periods, cumulative, weights, v["eta_min"], v["eta_min_ratio"])
+    elif kind == "OneCycle":
+        rule = _one_cycle(v, param, begin, end, steps, job, fail)
+    else:
+        rule = _plateau(v, job, fail)
+    return SchedulerSpec(index, type_name, kind, param, by_epoch, begin, end, rule)
+
+
+def _one_eta_min(v: dict[str, Any], fail: Any, *, required: bool) -> None:
+    if v["eta_min"] is not None and v["eta_min_ratio"] is not None:
+        raise fail("eta_min_ratio", "give either eta_min or eta_min_ratio, not both")
+    if v["eta_min"] is None and v["eta_min_ratio"] is None:
+        if required:
+            raise fail("eta_min", "give one of eta_min or eta_min_ratio")
+        v["eta_min"] = 0.0
+
+
+def _per_group(value: Any, name: str, job: _Job, fail: Any) -> tuple[float, ...]:
+    if isinstance(value, tuple):
+        if len(value) != job.groups:
+            raise fail(name, f"must have one value per param group ({job.groups}), "
+                             f"got {len(value)}")
+        return value
+    return (value,) * job.groups
+
+
+def _one_cycle(
+    v: dict[str, Any], param: str, begin: int, end: int, steps: int, job: _Job, fail: Any
+) -> OneCycleRule:
+    if param != "lr":
+        raise fail("param_name", f"OneCycle only schedules 'lr', got {param!r}")
+    for name in ("div_factor", "final_div_factor"):
+        if v[name] == 0:
+            raise fail(name, "must not be 0 (division by zero)")
+    max_values = _per_group(v["eta_max"], "eta_max", job, fail)
+    total = v["total_steps"] if v["total_steps"] is not None else end - begin
+    if not isinstance(total, int) or total <= 0:
+        raise fail("total_steps", f"must be a positive integer, got {total!r}")
+    last_step = steps - 1
+    if last_step > total:
+        raise fail("total_steps", f"{total} is smaller than the {last_step + 1} steps the "
+                                  "scheduler takes in its window (MMEngine raises 'Tried to step')")
+    pct = v["pct_start"]
+    if v["three_phase"]:
+        ends = [float(pct * total) - 1, float(2 * pct * total) - 2, total - 1]
+        keys = [("initial_lr", "max_lr"), ("max_lr", "initial_lr"), ("initial_lr", "min_lr")]
+    else:
+        ends = [float(pct * total) - 1, total - 1]
+        keys = [("initial_lr", "max_lr"), ("max_lr", "min_lr")]
+    # A phase of zero length divides by zero if any reachable step falls into it.
+    start: float = 0
+    for i, phase_end in enumerate(ends):
+        earlier = ends[:i]
+        first = max(0, math.floor(max(earlier)) + 1) if earlier else 0
+        last = last_step if i == len(ends) - 1 else min(last_step, math.floor(phase_end))
+        if phase_end - start == 0 and first <= last:
+            raise fail("pct_start", f"{pct} makes phase {i + 1} of {total} steps empty, which "
+                                    "divides by zero (MMEngine crashes with ZeroDivisionError)")
+        start = phase_end
+    phases = tuple(OnePhase(e, s, t) for e, (s, t) in zip(ends, keys, strict=True))
+    return OneCycleRule(total, phases, v["anneal_strategy"] == "cos", max_values,
+                        v["div_factor"], v["final_div_factor"])
+
+
+def _plateau(v: dict[str, Any], job: _Job, fail: Any) -> PlateauRule:
+    min_values = _per_group(v["min_value"], "min_value", job, fail)
+    return PlateauRule(
+        monitor=v["monitor"], rule=v["rule"], factor=v["factor"], patience=v["patience"],
+        threshold=v["threshold"], threshold_rule=v["threshold_rule"], cooldown=v["cooldown"],
+        min_values=tuple(min_values), eps=v["eps"],
+    )

@@ -1,0 +1,222 @@
+"""Replaying a job's schedulers the way MMEngine's Runner and ParamSchedulerHook do.
+
+Order of events, which is the whole of MMEngine's timing semantics:
+
+1. Build: each scheduler in list order; building a scheduler is its step 0 (a
+   ReduceOnPlateau scheduler does not step when built). The first scheduler of a
+   param records ``initial_<param>``; OneCycle overwrites ``initial_lr`` first.
+2. After every iteration: every ``by_epoch=False`` scheduler steps, in list order.
+3. After the last iteration of an epoch (epoch-based jobs): every ``by_epoch=True``
+   scheduler steps, in list order (ReduceOnPlateau only counts the epoch), then every
+   ReduceOnPlateau scheduler steps with that epoch's validation metrics, if given.
+
+A scheduler's step increments its global step; only inside ``[begin, end)`` does it
+increment ``last_step`` (``k``) and apply its rule.
+
+The values in force while iteration ``t`` runs are those after building and after
+the events that follow iterations ``0..t-1``.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from .config import JobSpec
+from .errors import DecisionPending, MetricsError
+from .rules import PlateauRule, Rule
+
+Metrics = Mapping[str, float]
+Decisions = Mapping[int, Metrics | None]
+
+
+@dataclass
+class ReplayState:
+    """Everything that changes while a job trains; plain data (see ``to_dict``)."""
+
+    iteration: int
+    values: dict[str, list[float]]  # param -> value per group
+    last_step: list[int]  # per scheduler: steps taken inside its window - 1
+    global_step: list[int]  # per scheduler: steps taken in all
+    plateau: dict[int, list[float]]  # scheduler position -> [best, num_bad_epochs, cooldown]
+
+    def copy(self) -> ReplayState:
+        return ReplayState(
+            self.iteration,
+            {k: list(v) for k, v in self.values.items()},
+            list(self.last_step),
+            list(self.global_step),
+            {k: list(v) for k, v in self.plateau.items()},
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "iteration": self.iteration,
+            "values": copy.deepcopy(self.values),
+            "last_step": list(self.last_step),
+            "global_step": list(self.global_step),
+            "plateau": {str(k): list(v) for k, v in self.plateau.items()},
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> ReplayState:
+        return cls(
+            int(data["iteration"]),
+            {k: list(v) for k, v in data["values"].items()},
+            list(data["last_step"]),
+            list(data["global_step"]),
+            {int(k): list(v) for k, v in data["plateau"].items()},
+        )
+
+
+class Replayer:
+    """Builds a job's schedulers and advances a ``ReplayState`` one event at a time."""
+
+    def __init__(self, spec: JobSpec) -> None:
+        self.spec = spec
+        self.scheds = spec.schedulers
+        self.iter_idx = [i for i, s in enumerate(self.scheds) if not s.by_epoch]
+        self.epoch_idx = [i for i, s in enumerate(self.scheds) if s.by_epoch]
+        self.plateau_idx = [i for i, s in enumerate(self.scheds) if s.is_plateau]
+        self.initial = self._build()
+
+    def _build(self) -> ReplayState:
+        spec = self.spec
+        values: dict[str, list[float]] = {}
+        for param in spec.params:
+            if param == "momentum" and spec.momentum_via_betas:
+                values[param] = [g["betas"][0] for g in spec.initial_values]
+            else:
+                values[param] = [g[param] for g in spec.initial_values]
+        n = len(self.scheds)
+        state = ReplayState(0, values, [-1] * n, [-1] * n, {})
+        extras: list[dict[str, float]] = [{} for _ in spec.initial_values]
+        self.extras = extras  # OneCycle reads the live dicts during building, then final ones
+        self.base: list[list[float]] = []
+        for i, s in enumerate(self.scheds):
+            if hasattr(s.rule, "construction_extras"):
+                for group, written in zip(extras, s.rule.construction_extras(), strict=True):
+                    group.update(written)
+            key = f"initial_{s.param}"
+            for gi, group in enumerate(extras):
+                group.setdefault(key, values[s.param][gi])
+            self.base.append([group[key] for group in extras])
+            if isinstance(s.rule, PlateauRule):
+                state.global_step[i] = 0
+                state.plateau[i] = [s.rule.worst, 0, 0]
+            else:
+                self._step(state, i)
+        return state
+
+    def _step(self, state: ReplayState, i: int) -> None:
+        s = self.scheds[i]
+        g = state.global_step[i] + 1
+        state.global_step[i] = g
+        if s.begin <= g < s.end and not isinstance(s.rule, PlateauRule):
+            k = state.last_step[i] + 1
+            state.last_step[i] = k
+            rule: Rule = s.rule
+            state.values[s.param] = rule.next_values(state.values[s.param], self.base[i],
+                                                     self.extras, k)
+
+    # -- epoch ends and validation decisions ------------------------------------------
+    def is_epoch_end(self, iteration: int) -> bool:
+        """Whether finishing ``iteration`` ends an epoch (epoch-based jobs only)."""
+        length = self.spec.epoch_length
+        return self.spec.epoch_based and length is not None and (iteration + 1) % length == 0
+
+    def active_plateaus(self, epoch: int) -> list[int]:
+        """Plateau schedulers whose window holds the check after ``epoch``'s end."""
+        # A plateau's global step is 0 when built and counts epoch ends, so the check
+        # after epoch e happens at global step e + 1.
+        return [
+            i for i in self.plateau_idx
+            if self.scheds[i].begin <= epoch + 1 < self.scheds[i].end
+        ]
+
+    def check_metrics(self, epoch: int, metrics: Metrics | None) -> None:
+        """Raise MetricsError if ``metrics`` cannot serve as ``epoch``'s decision."""
+        if metrics is None:
+            return
+        if not isinstance(metrics, Mapping):
+            raise MetricsError("must be a mapping of metric name to number")
+        for name, value in metrics.items():
+            if not isinstance(name, str) or isinstance(value, bool) or not isinstance(
+                value, int | float
+            ) or value != value or value in (float("inf"), float("-inf")):
+                raise MetricsError(f"{name!r} must be a finite number, got {value!r}",
+                                   field=f"metrics.{name}")
+        for i in self.active_plateaus(epoch):
+            rule = self.scheds[i].rule
+            assert isinstance(rule, PlateauRule)
+            if rule.monitor not in metrics:
+                raise MetricsError(
+                    f"ReduceOnPlateau param_scheduler[{self.scheds[i].index}] monitors "
+                    f"{rule.monitor!r}, which is missing (got {sorted(metrics)})",
+                    field=f"metrics.{rule.monitor}")
+
+    def advance(self, state: ReplayState, stop: int, decisions: Decisions) -> None:
+        """Move ``state`` to iteration ``stop`` (DecisionPending leaves it consistent)."""
+        length = self.spec.epoch_length or 0
+        epoch_based = self.spec.epoch_based
+        iter_idx = self.iter_idx
+        while state.iteration < stop:
+            i = state.iteration
+            ends_epoch = epoch_based and (i + 1) % length == 0
+            if not ends_epoch and iter_idx:
+                quiet = self._quiet_iterations(state, stop, length if epoch_based else 0)
+                if quiet:
+                    for j in iter_idx:
+                        state.global_step[j] += quiet
+                    state.iteration += quiet
+                    continue
+            metrics: Metrics | None = None
+            if ends_epoch:
+                epoch = (i + 1) // length - 1
+                if self.plateau_idx and self.active_plateaus(epoch):
+                    if epoch not in decisions:
+                        raise DecisionPending(epoch, i + 1)
+                    metrics = decisions[epoch]
+            for j in iter_idx:
+                self._step(state, j)
+            if ends_epoch:
+                for j in self.epoch_idx:
+                    self._step(state, j)
+                if metrics is not None:
+                    self._validate(state, metrics)
+            state.iteration = i + 1
+
+    def _quiet_iterations(self, state: ReplayState, stop: int, length: int) -> int:
+        """How many iterations from now change nothing but the iteration schedulers'
+        global steps (all outside their windows, no epoch end among them)."""
+        i = state.iteration
+        horizon = stop - i
+        if length:
+            horizon = min(horizon, (i // length + 1) * length - 1 - i)
+        for j in self.iter_idx:
+            s = self.scheds[j]
+            nxt = state.global_step[j] + 1
+            if s.begin <= nxt < s.end:
+                return 0
+            if nxt < s.begin:
+                horizon = min(horizon, s.begin - nxt)
+        return max(horizon, 0)
+
+    def _validate(self, state: ReplayState, metrics: Metrics) -> None:
+        for i in self.plateau_idx:
+            s = self.scheds[i]
+            rule = s.rule
+            assert isinstance(rule, PlateauRule)
+            if not s.begin <= state.global_step[i] < s.end:
+                continue
+            state.last_step[i] += 1
+            reduced = rule.decide(state.values[s.param], state.plateau[i], metrics[rule.monitor])
+            if reduced is not None:
+                state.values[s.param] = reduced
+
+    def group_values(self, state: ReplayState) -> list[dict[str, float]]:
+        """The scheduled values per param group, as plain floats."""
+        groups = len(self.spec.initial_values)
+        return [{p: float(v[g]) for p, v in state.values.items()} for g in range(groups)]

@@ -1,0 +1,503 @@
+"""The domain service: jobs, progress reports, plans, checkpoints. No gRPC types here.
+
+A job's values at iteration t are a pure function of (spec, generation, decisions),
+so every rank gets the same values whatever the order, timing or duplication of their
+reports, and any server process can answer for any job. The store holds that record;
+this process only caches parsed specs and timelines.
+
+Immutability: a plan never runs past an epoch end whose ReduceOnPlateau decision is
+not recorded yet, and a decision is written once (the store's first writer wins), so a
+value handed out for (job, generation, iteration) never changes.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import time
+from collections import OrderedDict
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from .errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound, Unavailable
+from .schedules import (
+    ConfigError,
+    GroupValues,
+    JobSpec,
+    MetricsError,
+    Timeline,
+    build_job_spec,
+)
+from .store import (
+    JobNotFound,
+    JobRecord,
+    JobStore,
+    StaleGeneration,
+    StoreUnavailable,
+    canonical_json,
+    content_hash,
+)
+
+JOB_ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+STATE_FORMAT = 1
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Values for iterations ``start .. start+len(values)-1`` of one generation."""
+
+    start: int
+    params: tuple[str, ...]
+    num_groups: int
+    values: list[GroupValues]
+    generation: int
+    waits_for_epoch: int | None = None
+
+
+@dataclass(frozen=True)
+class JobView:
+    record: JobRecord
+    spec: JobSpec
+
+
+@dataclass
+class _Loaded:
+    spec_hash: str
+    generation: int
+    spec: JobSpec
+    timeline: Timeline
+
+
+def check_job_id(job_id: str, field: str = "job_id") -> str:
+    if not isinstance(job_id, str) or not JOB_ID_PATTERN.fullmatch(job_id):
+        raise InvalidArgument(
+            f"job id {job_id!r} must be 1-128 characters of letters, digits, '.', '_' or '-', "
+            "starting with a letter or digit",
+            field=field,
+        )
+    return job_id
+
+
+def spec_difference(stored: Any, given: Any, path: str = "") -> list[str]:
+    """Human-readable differences between two canonical spec dicts."""
+    if isinstance(stored, dict) and isinstance(given, dict):
+        out: list[str] = []
+        for key in sorted(set(stored) | set(given), key=str):
+            sub = f"{path}.{key}" if path else str(key)
+            if key not in stored:
+                out.append(f"{sub}: not set in the existing job, given {given[key]!r}")
+            elif key not in given:
+                out.append(f"{sub}: existing job has {stored[key]!r}, not given")
+            else:
+                out.extend(spec_difference(stored[key], given[key], sub))
+        return out
+    if isinstance(stored, list) and isinstance(given, list):
+        if len(stored) != len(given):
+            return [f"{path}: existing job has {len(stored)} entries, given {len(given)}"]
+        out = []
+        for i, (a, b) in enumerate(zip(stored, given, strict=True)):
+            out.extend(spec_difference(a, b, f"{path}[{i}]"))
+        return out
+    if stored != given or type(stored) is not type(given):
+        return [f"{path}: existing job has {stored!r}, given {given!r}"]
+    return []
+
+
+def _config_error(exc: ConfigError, prefix: str) -> InvalidArgument:
+    reason = f"({exc.scheduler_type}) {exc.reason}" if exc.scheduler_type else exc.reason
+    return InvalidArgument(reason, field=f"{prefix}.{exc.field}" if prefix else exc.field)
+
+
+def parse_spec(data: Mapping[str, Any], prefix: str = "spec") -> JobSpec:
+    """Validate a spec dict (``JobSpec.to_dict()`` shape) into a JobSpec."""
+    try:
+        return build_job_spec(
+            data.get("param_scheduler"),
+            data.get("initial_values"),
+            epoch_length=data.get("epoch_length"),
+            max_epochs=data.get("max_epochs"),
+            max_iters=data.get("max_iters"),
+        )
+    except ConfigError as exc:
+        raise _config_error(exc, prefix) from None
+
+
+class SchedulerService:
+    """Jobs and their schedules, over any JobStore."""
+
+    def __init__(
+        self,
+        store: JobStore,
+        *,
+        default_plan_size: int = 256,
+        max_plan_size: int = 4096,
+        cache_size: int = 1024,
+        max_preview_iterations: int = 10_000_000,
+    ) -> None:
+        self.store = store
+        self.default_plan_size = default_plan_size
+        self.max_plan_size = max_plan_size
+        self.cache_size = cache_size
+        self.max_preview_iterations = max_preview_iterations
+        self._jobs: OrderedDict[str, _Loaded] = OrderedDict()
+        self._specs: OrderedDict[str, JobSpec] = OrderedDict()
+
+    # -- caches -------------------------------------------------------------------
+    def _spec_for(self, record: JobRecord) -> JobSpec:
+        spec = self._specs.get(record.spec_hash)
+        if spec is None:
+            assert record.spec is not None
+            spec = parse_spec(record.spec, prefix="stored spec")
+            self._specs[record.spec_hash] = spec
+            if len(self._specs) > self.cache_size:
+                self._specs.popitem(last=False)
+        else:
+            self._specs.move_to_end(record.spec_hash)
+        return spec
+
+    def _loaded(self, record: JobRecord) -> _Loaded:
+        entry = self._jobs.get(record.job_id)
+        if (
+            entry is None
+            or entry.spec_hash != record.spec_hash
+            or entry.generation != record.generation
+        ):
+            spec = self._spec_for(record)
+            entry = _Loaded(record.spec_hash, record.generation, spec, Timeline(spec))
+            self._jobs[record.job_id] = entry
+            if len(self._jobs) > self.cache_size:
+                self._jobs.popitem(last=False)
+        else:
+            self._jobs.move_to_end(record.job_id)
+        return entry
+
+    def _forget(self, job_id: str) -> None:
+        self._jobs.pop(job_id, None)
+
+    # -- store access with error mapping ------------------------------------------
+    async def _get_record(self, job_id: str) -> JobRecord:
+        try:
+            record = await self.store.get(job_id)
+        except StoreUnavailable as exc:
+            raise Unavailable(f"job store unavailable: {exc}") from None
+        if record is None:
+            raise NotFound(f"job {job_id!r} does not exist")
+        return record
+
+    def _plan_size(self, plan_size: int) -> int:
+        if plan_size < 0:
+            raise InvalidArgument(f"must be >= 0, got {plan_size}", field="plan_size")
+        return min(plan_size or self.default_plan_size, self.max_plan_size)
+
+    def _plan(
+        self,
+        entry: _Loaded,
+        record: JobRecord,
+        start: int,
+        stop: int,
+    ) -> Plan:
+        spec = entry.spec
+        stop = min(stop, spec.max_iters + 1)
+        if start > spec.max_iters:
+            raise InvalidArgument(
+                f"iteration {start} is past the end of training ({spec.max_iters})",
+                field="iteration")
+        try:
+            values = entry.timeline.values_range(start, stop, record.decisions, partial=True)
+        except ValueError:
+            # Decisions disagree with what this cached timeline saw (the job was deleted
+            # and recreated meanwhile): start over from the stored record.
+            entry.timeline = Timeline(spec)
+            values = entry.timeline.values_range(start, stop, record.decisions, partial=True)
+        waits: int | None = None
+        if start + len(values) < stop and spec.epoch_length:
+            waits = (start + len(values)) // spec.epoch_length - 1
+        return Plan(start, spec.params, spec.num_groups, values, record.generation, waits)
+
+    # -- jobs -----------------------------------------------------------------------
+    async def attach(
+        self,
+        job_id: str,
+        spec_data: Mapping[str, Any] | None,
+        *,
+        world_size: int = 0,
+        rank: int = 0,
+        plan_size: int = 0,
+    ) -> tuple[JobView, bool, Plan]:
+        """Create the job from ``spec_data``, or join it (``spec_data=None``)."""
+        check_job_id(job_id)
+        if world_size < 0:
+            raise InvalidArgument(f"must be >= 0, got {world_size}", field="world_size")
+        if rank < 0 or (world_size and rank >= world_size):
+            raise InvalidArgument(f"rank {rank} is outside world_size {world_size}", field="rank")
+        size = self._plan_size(plan_size)
+        created = False
+        if spec_data is None:
+            record = await self._get_record(job_id)
+        else:
+            spec = parse_spec(spec_data)
+            canonical = spec.to_dict()
+            spec_hash = content_hash(canonical)
+            fresh = JobRecord(job_id, canonical, spec_hash, world_size=world_size,
+                              created_at=time.time())
+            try:
+                record, created = await self.store.create(fresh)
+            except StoreUnavailable as exc:
+                raise Unavailable(f"job store unavailable: {exc}") from None
+            if not created and record.spec_hash != spec_hash:
+                assert record.spec is not None
+                diff = "; ".join(spec_difference(record.spec, canonical)) or "specs differ"
+                raise AlreadyExists(f"job {job_id!r} exists with a different spec: {diff}")
+            self._specs.setdefault(spec_hash, spec)
+        entry = self._loaded(record)
+        plan = self._plan(entry, record, 0, size)
+        return JobView(record, entry.spec), created, plan
+
+    async def get(self, job_id: str) -> JobView:
+        check_job_id(job_id)
+        record = await self._get_record(job_id)
+        return JobView(record, self._loaded(record).spec)
+
+    async def list(
+        self, prefix: str = "", page_size: int = 0, page_token: str = ""
+    ) -> tuple[list[JobView], str]:
+        if page_size < 0:
+            raise InvalidArgument(f"must be >= 0, got {page_size}", field="page_size")
+        limit = min(page_size or 100, 1000)
+        try:
+            records = await self.store.list(prefix, page_token, limit + 1)
+        except StoreUnavailable as exc:
+            raise Unavailable(f"job store unavailable: {exc}") from None
+        more = len(records) > limit
+        records = records[:limit]
+        views = [JobView(r, self._spec_for(r)) for r in records]
+        return views, (records[-1].job_id if more and records else "")
+
+    async def delete(self, job_id: str) -> bool:
+        check_job_id(job_id)
+        try:
+            deleted = await self.store.delete(job_id)
+        except StoreUnavailable as exc:
+            raise Unavailable(f"job store unavailable: {exc}") from None
+        self._forget(job_id)
+        return deleted
+
+    # -- progress -------------------------------------------------------------------
+    async def report(
+        self,
+        job_id: str,
+        *,
+        generation: int,
+        rank: int,
+        iteration: int,
+        epoch_end: int | None = None,
+        metrics: Mapping[str, float] | None = None,
+        plan_size: int = 0,
+    ) -> Plan:
+        """Record a rank's progress (and an epoch's decision); return its next plan.
+
+        ``metrics=None`` with ``epoch_end`` set means no validation ran after that epoch.
+        """
+        check_job_id(job_id)
+        if rank < 0:
+            raise InvalidArgument(f"must be >= 0, got {rank}", field="rank")
+        if iteration < 0:
+            raise InvalidArgument(f"must be >= 0, got {iteration}", field="iteration")
+        if generation < 1:
+            raise InvalidArgument(f"must be >= 1, got {generation}", field="generation")
+        size = self._plan_size(plan_size)
+        entry = self._jobs.get(job_id)
+        if entry is None or entry.generation != generation:
+            record = await self._get_record(job_id)
+            if record.generation != generation:
+                raise FailedPrecondition(str(StaleGeneration(job_id, generation,
+                                                             record.generation)))
+            entry = self._loaded(record)
+        spec = entry.spec
+        if iteration > spec.max_iters:
+            raise InvalidArgument(
+                f"iteration {iteration} is past the end of training ({spec.max_iters})",
+                field="iteration")
+        decision = self._decision(entry, iteration, epoch_end, metrics)
+        try:
+            record = await self.store.report(
+                job_id, generation=generation, rank=rank, iteration=iteration,
+                decision=decision, issue_until=min(iteration + size, spec.max_iters + 1),
+                known_spec_hash=entry.spec_hash)
+        except StoreUnavailable as exc:
+            raise Unavailable(f"job store unavailable: {exc}") from None
+        except JobNotFound:
+            self._forget(job_id)
+            raise NotFound(f"job {job_id!r} does not exist") from None
+        except StaleGeneration as exc:
+            self._forget(job_id)
+            raise FailedPrecondition(str(exc)) from None
+        if record.spec is not None and record.spec_hash != entry.spec_hash:
+            # The job was deleted and recreated with another spec meanwhile.
+            entry = self._loaded(record)
+        return self._plan(entry, record, iteration, iteration + size)
+
+    def _decision(
+        self,
+        entry: _Loaded,
+        iteration: int,
+        epoch_end: int | None,
+        metrics: Mapping[str, float] | None,
+    ) -> tuple[int, dict[str, float] | None] | None:
+        if epoch_end is None:
+            if metrics:
+                raise InvalidArgument("metrics are only accepted with epoch_end",
+                                      field="metrics")
+            return None
+        spec = entry.spec
+        if not spec.epoch_based or not spec.epoch_length:
+            raise InvalidArgument("this job is iteration-based (max_iters); it has no epochs",
+                                  field="epoch_end")
+        if epoch_end < 0 or (epoch_end + 1) * spec.epoch_length != iteration:
+            raise InvalidArgument(
+                f"epoch {epoch_end} cannot end at iteration {iteration}: epochs are "
+                f"{spec.epoch_length} iterations long",
+                field="epoch_end")
+        if metrics is not None:
+            for name, value in metrics.items():
+                if not isinstance(value, int | float) or not math.isfinite(value):
+                    raise InvalidArgument(f"must be a finite number, got {value!r}",
+                                          field=f"metrics.{name}")
+        if not entry.timeline.needs_decision(epoch_end):
+            return None
+        try:
+            entry.timeline.check_metrics(epoch_end, metrics)
+        except MetricsError as exc:
+            raise InvalidArgument(exc.reason, field=exc.field) from None
+        return epoch_end, (dict(metrics) if metrics is not None else None)
+
+    async def values(self, job_id: str, start: int, stop: int) -> Plan:
+        """The job's values for iterations [start, stop) (stop=0: to the end)."""
+        check_job_id(job_id)
+        record = await self._get_record(job_id)
+        entry = self._loaded(record)
+        stop = stop or entry.spec.max_iters + 1
+        if start < 0 or stop <= start:
+            raise InvalidArgument(f"need 0 <= start < stop, got start={start}, stop={stop}",
+                                  field="start_iteration")
+        return self._plan(entry, record, start, stop)
+
+    def preview(
+        self,
+        spec_data: Mapping[str, Any],
+        start: int,
+        stop: int,
+        decisions: Mapping[int, Mapping[str, float] | None],
+    ) -> Plan:
+        """The values a spec would give, without a job (nothing is stored)."""
+        spec = parse_spec(spec_data)
+        stop = stop or spec.max_iters + 1
+        if start < 0 or stop <= start:
+            raise InvalidArgument(f"need 0 <= start < stop, got start={start}, stop={stop}",
+                                  field="start_iteration")
+        if stop - start > self.max_preview_iterations:
+            raise InvalidArgument(
+                f"at most {self.max_preview_iterations} iterations per preview",
+                field="stop_iteration")
+        timeline = Timeline(spec)
+        for epoch, metrics in decisions.items():
+            try:
+                timeline.check_metrics(epoch, metrics)
+            except MetricsError as exc:
+                raise InvalidArgument(exc.reason, field=f"decisions[{epoch}].{exc.field}") from None
+        stop = min(stop, spec.max_iters + 1)
+        values = timeline.values_range(start, stop, dict(decisions), partial=True)
+        waits = None
+        if start + len(values) < stop and spec.epoch_length:
+            waits = (start + len(values)) // spec.epoch_length - 1
+        return Plan(start, spec.params, spec.num_groups, values, 0, waits)
+
+    # -- checkpoints ------------------------------------------------------------------
+    async def get_state(self, job_id: str, iteration: int) -> str:
+        """The schedule state at ``iteration`` (iterations done) as canonical JSON."""
+        check_job_id(job_id)
+        record = await self._get_record(job_id)
+        spec = self._loaded(record).spec
+        if not 0 <= iteration <= spec.max_iters:
+            raise InvalidArgument(
+                f"must be in [0, {spec.max_iters}], got {iteration}", field="iteration")
+        length = spec.epoch_length or 0
+        done_epochs = iteration // length if spec.epoch_based and length else 0
+        decisions = {str(e): m for e, m in sorted(record.decisions.items()) if e < done_epochs}
+        state = {
+            "format": STATE_FORMAT,
+            "job_id": job_id,
+            "generation": record.generation,
+            "iteration": iteration,
+            "spec": record.spec,
+            "decisions": decisions,
+        }
+        return canonical_json(state)
+
+    async def load_state(
+        self, job_id: str, state_json: str, *, plan_size: int = 0, world_size: int = 0
+    ) -> tuple[JobView, Plan, bool]:
+        """Resume ``job_id`` from a checkpoint state (into an empty store too)."""
+        check_job_id(job_id)
+        size = self._plan_size(plan_size)
+        state = self._parse_state(state_json)
+        spec = parse_spec(state["spec"], prefix="state.spec")
+        canonical = spec.to_dict()
+        iteration = state["iteration"]
+        if not isinstance(iteration, int) or not 0 <= iteration <= spec.max_iters:
+            raise InvalidArgument(f"must be an integer in [0, {spec.max_iters}]",
+                                  field="state.iteration")
+        decisions = self._parse_decisions(state["decisions"], spec)
+        generation = state["generation"]
+        if not isinstance(generation, int) or generation < 1:
+            raise InvalidArgument("must be an integer >= 1", field="state.generation")
+        try:
+            record, resumed = await self.store.load_state(
+                job_id, spec=canonical, spec_hash=content_hash(canonical),
+                decisions=decisions, progress={}, min_generation=generation + 1,
+                state_hash=content_hash(state), world_size=world_size,
+                created_at=time.time())
+        except StoreUnavailable as exc:
+            raise Unavailable(f"job store unavailable: {exc}") from None
+        entry = self._loaded(record)
+        plan = self._plan(entry, record, iteration, iteration + size)
+        return JobView(record, entry.spec), plan, resumed
+
+    @staticmethod
+    def _parse_state(state_json: str) -> dict[str, Any]:
+        try:
+            state = json.loads(state_json)
+        except (TypeError, ValueError) as exc:
+            raise InvalidArgument(f"is not valid JSON: {exc}", field="state_json") from None
+        if not isinstance(state, dict):
+            raise InvalidArgument("must be a JSON object", field="state_json")
+        if state.get("format") != STATE_FORMAT:
+            raise InvalidArgument(f"unsupported state format {state.get('format')!r} "
+                                  f"(this server reads format {STATE_FORMAT})",
+                                  field="state.format")
+        for key in ("generation", "iteration", "spec", "decisions"):
+            if key not in state:
+                raise InvalidArgument("is missing", field=f"state.{key}")
+        return state
+
+    @staticmethod
+    def _parse_decisions(raw: Any, spec: JobSpec) -> dict[int, dict[str, float] | None]:
+        if not isinstance(raw, dict):
+            raise InvalidArgument("must be an object of epoch -> metrics", field="state.decisions")
+        timeline = Timeline(spec)
+        out: dict[int, dict[str, float] | None] = {}
+        for key, metrics in raw.items():
+            try:
+                epoch = int(key)
+            except ValueError:
+                raise InvalidArgument(f"epoch {key!r} is not an integer",
+                                      field="state.decisions") from None
+            try:
+                timeline.check_metrics(epoch, metrics)
+            except MetricsError as exc:
+                raise InvalidArgument(
+                    exc.reason, field=f"state.decisions[{epoch}].{exc.field}") from None
+            out[epoch] = dict(metrics) if metrics is not None else None
+        return out

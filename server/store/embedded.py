@@ -1,0 +1,412 @@
+"""The embedded JobStore: one sqlite3 file, so ``paramsched serve`` alone is durable.
+
+Why sqlite and how it keeps the contract of ``base.py``:
+
+* The file ``paramsched.sqlite3`` lives in ``data_dir``. WAL mode plus
+  ``synchronous=FULL`` means a committed transaction is fsync'ed before ``COMMIT``
+  returns, so an acknowledged report survives a server kill or a power cut.
+* Every method is ONE transaction. Methods that change a job start with
+  ``BEGIN IMMEDIATE``: the write lock is taken before the first read, so a
+  read-modify-write can never interleave with another writer -- whether that writer is
+  another coroutine of this process or another server process on the same data dir.
+  Pure reads use a deferred ``BEGIN``: in WAL mode that is a consistent snapshot and
+  never waits for a writer.
+* A writer that cannot get the lock within ``busy_timeout`` seconds, a full disk or
+  an unreadable file raises ``StoreUnavailable``; other sqlite errors ``StoreError``.
+* sqlite calls block, so they run in a worker thread (``asyncio.to_thread``). One
+  connection is shared by those threads under a ``threading.Lock``: sqlite serialises
+  writers anyway, and one connection keeps the locking story trivial.
+
+Floats round-trip exactly: ``created_at`` is a REAL (an IEEE double, as in Python),
+specs and metrics are stored as canonical JSON, whose float repr is exact.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sqlite3
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+from .base import (
+    JobNotFound,
+    JobRecord,
+    Metrics,
+    StaleGeneration,
+    StoreError,
+    StoreUnavailable,
+    canonical_json,
+)
+
+__all__ = ["DB_FILENAME", "EmbeddedJobStore"]
+
+DB_FILENAME = "paramsched.sqlite3"
+
+_T = TypeVar("_T")
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS jobs (
+    job_id       TEXT PRIMARY KEY,
+    spec         TEXT NOT NULL,     -- canonical JSON
+    spec_hash    TEXT NOT NULL,
+    generation   INTEGER NOT NULL,
+    version      INTEGER NOT NULL,
+    world_size   INTEGER NOT NULL,
+    created_at   REAL NOT NULL,
+    issued_until INTEGER NOT NULL,
+    resumed_from TEXT NOT NULL
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS progress (
+    job_id     TEXT NOT NULL,
+    rank       INTEGER NOT NULL,
+    iterations INTEGER NOT NULL,
+    PRIMARY KEY (job_id, rank)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS decisions (
+    job_id  TEXT NOT NULL,
+    epoch   INTEGER NOT NULL,
+    metrics TEXT NOT NULL,          -- canonical JSON of the metrics dict, or 'null'
+    PRIMARY KEY (job_id, epoch)
+) WITHOUT ROWID;
+"""
+
+_JOB_COLUMNS = (
+    "spec, spec_hash, generation, version, world_size, created_at, issued_until, resumed_from"
+)
+
+
+def _prefix_upper_bound(prefix: str) -> str | None:
+    """The smallest string greater than every string that starts with ``prefix``.
+
+    ``job_id >= prefix AND job_id < bound`` selects exactly the ids with that prefix
+    and lets sqlite walk the primary key instead of scanning (text compares as UTF-8
+    bytes, i.e. by code point, like Python's ``str``). ``None``: no upper bound.
+    """
+    chars = list(prefix)
+    while chars:
+        last = ord(chars.pop())
+        if last < 0x10FFFF:
+            successor = last + 1
+            if 0xD800 <= successor <= 0xDFFF:  # surrogates cannot be stored as UTF-8
+                successor = 0xE000
+            return "".join(chars) + chr(successor)
+    return None
+
+
+class EmbeddedJobStore:
+    """A ``JobStore`` in a local sqlite3 file; safe for several processes on one dir."""
+
+    def __init__(self, data_dir: str | Path, *, busy_timeout: float = 10.0) -> None:
+        self.data_dir = Path(data_dir)
+        self.path = self.data_dir / DB_FILENAME
+        self._lock = threading.Lock()
+        try:
+            self.data_dir.mkdir(parents=True, exist_ok=True)
+            # isolation_level=None: we issue BEGIN/COMMIT ourselves, so each method is
+            # exactly the transaction we wrote. check_same_thread=False: the connection
+            # moves between to_thread workers, always under self._lock.
+            conn = sqlite3.connect(
+                self.path, timeout=busy_timeout, isolation_level=None, check_same_thread=False
+            )
+        except (OSError, sqlite3.Error) as exc:
+            raise StoreUnavailable(f"cannot open the job store at {self.path}: {exc}") from exc
+        self._conn: sqlite3.Connection | None = conn
+        self._call(self._init_schema, write=False, transaction=False)
+
+    @staticmethod
+    def _init_schema(conn: sqlite3.Connection) -> None:
+        # journal_mode is stored in the file; synchronous is per connection.
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=FULL")
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            for statement in _SCHEMA.split(";"):
+                if statement.strip():
+                    conn.execute(statement)
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+
+    # -- plumbing -------------------------------------------------------------------
+
+    def _call(
+        self,
+        fn: Callable[[sqlite3.Connection], _T],
+        *,
+        write: bool,
+        transaction: bool = True,
+    ) -> _T:
+        """Run ``fn`` as one transaction (blocking); translate sqlite errors."""
+        with self._lock:
+            conn = self._conn
+            if conn is None:
+                raise StoreUnavailable(f"the job store at {self.path} is closed")
+            try:
+                if not transaction:
+                    return fn(conn)
+                conn.execute("BEGIN IMMEDIATE" if write else "BEGIN")
+                try:
+                    result = fn(conn)
+                    conn.execute("COMMIT")
+                except BaseException:
+                    if conn.in_transaction:
+                        conn.execute("ROLLBACK")
+                    raise
+                return result
+            except sqlite3.OperationalError as exc:
+                # "database is locked" past busy_timeout, disk full, I/O error, ...
+                raise StoreUnavailable(f"job store at {self.path}: {exc}") from exc
+            except sqlite3.Error as exc:
+                raise StoreError(f"job store at {self.path}: {exc}") from exc
+
+    async def _run(self, fn: Callable[[sqlite3.Connection], _T], *, write: bool) -> _T:
+        return await asyncio.to_thread(self._call, fn, write=write)
+
+    @staticmethod
+    def _read(conn: sqlite3.Connection, job_id: str, *, with_spec: bool = True) -> JobRecord | None:
+        row = conn.execute(
+            f"SELECT {_JOB_COLUMNS} FROM jobs WHERE job_id = ?", (job_id,)
+        ).fetchone()
+        if row is None:
+            return None
+        spec, spec_hash, generation, version, world_size, created_at, issued, resumed = row
+        progress = conn.execute(
+            "SELECT rank, iterations FROM progress WHERE job_id = ?", (job_id,)
+        ).fetchall()
+        decisions = conn.execute(
+            "SELECT epoch, metrics FROM decisions WHERE job_id = ?", (job_id,)
+        ).fetchall()
+        return JobRecord(
+            job_id=job_id,
+            spec=json.loads(spec) if with_spec else None,
+            spec_hash=spec_hash,
+            generation=generation,
+            version=version,
+            world_size=world_size,
+            created_at=float(created_at),
+            issued_until=issued,
+            progress={int(rank): int(iterations) for rank, iterations in progress},
+            decisions={int(epoch): json.loads(metrics) for epoch, metrics in decisions},
+            resumed_from=resumed,
+        )
+
+    @classmethod
+    def _read_existing(
+        cls, conn: sqlite3.Connection, job_id: str, *, with_spec: bool = True
+    ) -> JobRecord:
+        """Read a job this transaction just saw or wrote (it cannot have vanished)."""
+        record = cls._read(conn, job_id, with_spec=with_spec)
+        if record is None:
+            raise JobNotFound(job_id)
+        return record
+
+    @staticmethod
+    def _write_children(
+        conn: sqlite3.Connection,
+        job_id: str,
+        progress: dict[int, int],
+        decisions: dict[int, Metrics | None],
+    ) -> None:
+        """Replace the job's progress and decisions rows."""
+        conn.execute("DELETE FROM progress WHERE job_id = ?", (job_id,))
+        conn.execute("DELETE FROM decisions WHERE job_id = ?", (job_id,))
+        conn.executemany(
+            "INSERT INTO progress (job_id, rank, iterations) VALUES (?, ?, ?)",
+            [(job_id, int(rank), int(it)) for rank, it in progress.items()],
+        )
+        conn.executemany(
+            "INSERT INTO decisions (job_id, epoch, metrics) VALUES (?, ?, ?)",
+            [(job_id, int(epoch), canonical_json(m)) for epoch, m in decisions.items()],
+        )
+
+    # -- JobStore -------------------------------------------------------------------
+
+    async def create(self, record: JobRecord) -> tuple[JobRecord, bool]:
+        """Store ``record`` unless the job exists. Returns (stored record, created)."""
+        spec_json = canonical_json(record.spec)  # validate before taking the lock
+
+        def op(conn: sqlite3.Connection) -> tuple[JobRecord, bool]:
+            existing = self._read(conn, record.job_id)
+            if existing is not None:
+                return existing, False
+            conn.execute(
+                f"INSERT INTO jobs (job_id, {_JOB_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    record.job_id,
+                    spec_json,
+                    record.spec_hash,
+                    int(record.generation),
+                    int(record.version),
+                    int(record.world_size),
+                    float(record.created_at),
+                    int(record.issued_until),
+                    record.resumed_from,
+                ),
+            )
+            self._write_children(conn, record.job_id, record.progress, record.decisions)
+            return record.copy(), True
+
+        return await self._run(op, write=True)
+
+    async def get(self, job_id: str) -> JobRecord | None:
+        return await self._run(lambda conn: self._read(conn, job_id), write=False)
+
+    async def list(self, prefix: str = "", after: str = "", limit: int = 100) -> list[JobRecord]:
+        """Jobs whose id starts with ``prefix`` and sorts after ``after``, by id."""
+        if limit <= 0:
+            return []
+        upper = _prefix_upper_bound(prefix)
+
+        def op(conn: sqlite3.Connection) -> list[JobRecord]:
+            sql = "SELECT job_id FROM jobs WHERE job_id >= ? AND job_id > ?"
+            params: list[Any] = [prefix, after]
+            if upper is not None:
+                sql += " AND job_id < ?"
+                params.append(upper)
+            sql += " ORDER BY job_id LIMIT ?"
+            params.append(limit)
+            ids = [row[0] for row in conn.execute(sql, params).fetchall()]
+            records = (self._read(conn, job_id) for job_id in ids)
+            return [r for r in records if r is not None]
+
+        return await self._run(op, write=False)
+
+    async def delete(self, job_id: str) -> bool:
+        """Remove every row of the job. Returns whether it existed."""
+
+        def op(conn: sqlite3.Connection) -> bool:
+            existed = conn.execute("DELETE FROM jobs WHERE job_id = ?", (job_id,)).rowcount > 0
+            conn.execute("DELETE FROM progress WHERE job_id = ?", (job_id,))
+            conn.execute("DELETE FROM decisions WHERE job_id = ?", (job_id,))
+            return existed
+
+        return await self._run(op, write=True)
+
+    async def report(
+        self,
+        job_id: str,
+        *,
+        generation: int,
+        rank: int,
+        iteration: int,
+        decision: tuple[int, Metrics | None] | None = None,
+        issue_until: int = 0,
+        known_spec_hash: str = "",
+    ) -> JobRecord:
+        """Record a rank's progress atomically; see ``JobStore.report``."""
+        decision_row = (
+            (int(decision[0]), canonical_json(decision[1])) if decision is not None else None
+        )
+
+        def op(conn: sqlite3.Connection) -> JobRecord:
+            row = conn.execute(
+                "SELECT generation, spec_hash FROM jobs WHERE job_id = ?", (job_id,)
+            ).fetchone()
+            if row is None:
+                raise JobNotFound(job_id)
+            stored_generation, spec_hash = row
+            if stored_generation != generation:
+                raise StaleGeneration(job_id, generation, stored_generation)
+            conn.execute(
+                "INSERT INTO progress (job_id, rank, iterations) VALUES (?, ?, ?) "
+                "ON CONFLICT (job_id, rank) "
+                "DO UPDATE SET iterations = max(iterations, excluded.iterations)",
+                (job_id, int(rank), int(iteration)),
+            )
+            if decision_row is not None:
+                conn.execute(
+                    "INSERT INTO decisions (job_id, epoch, metrics) VALUES (?, ?, ?) "
+                    "ON CONFLICT (job_id, epoch) DO NOTHING",
+                    (job_id, *decision_row),
+                )
+            conn.execute(
+                "UPDATE jobs SET issued_until = max(issued_until, ?), version = version + 1 "
+                "WHERE job_id = ?",
+                (int(issue_until), job_id),
+            )
+            with_spec = not (known_spec_hash and known_spec_hash == spec_hash)
+            return self._read_existing(conn, job_id, with_spec=with_spec)
+
+        return await self._run(op, write=True)
+
+    async def load_state(
+        self,
+        job_id: str,
+        *,
+        spec: dict[str, Any],
+        spec_hash: str,
+        decisions: dict[int, Metrics | None],
+        progress: dict[int, int],
+        min_generation: int,
+        state_hash: str,
+        world_size: int,
+        created_at: float,
+    ) -> tuple[JobRecord, bool]:
+        """Resume a job from a checkpoint state; see ``JobStore.load_state``.
+
+        An existing job keeps its ``created_at``; its ``world_size`` becomes the given
+        one unless that is 0 (unknown): a resumed run may use another world size.
+        ``version`` is bumped like on every change.
+        """
+        spec_json = canonical_json(spec)
+        issued_until = max(progress.values(), default=0)
+
+        def op(conn: sqlite3.Connection) -> tuple[JobRecord, bool]:
+            row = conn.execute(
+                "SELECT generation, resumed_from FROM jobs WHERE job_id = ?", (job_id,)
+            ).fetchone()
+            if row is None:
+                conn.execute(
+                    f"INSERT INTO jobs (job_id, {_JOB_COLUMNS}) VALUES (?, ?, ?, ?, 1, ?, ?, ?, ?)",
+                    (
+                        job_id,
+                        spec_json,
+                        spec_hash,
+                        int(min_generation),
+                        int(world_size),
+                        float(created_at),
+                        int(issued_until),
+                        state_hash,
+                    ),
+                )
+            else:
+                stored_generation, resumed_from = row
+                if resumed_from == state_hash:
+                    return self._read_existing(conn, job_id), False
+                conn.execute(
+                    "UPDATE jobs SET spec = ?, spec_hash = ?, generation = ?, "
+                    "version = version + 1, "
+                    "world_size = CASE WHEN ? > 0 THEN ? ELSE world_size END, "
+                    "issued_until = ?, resumed_from = ? "
+                    "WHERE job_id = ?",
+                    (
+                        spec_json,
+                        spec_hash,
+                        max(stored_generation + 1, int(min_generation)),
+                        int(world_size),
+                        int(world_size),
+                        int(issued_until),
+                        state_hash,
+                        job_id,
+                    ),
+                )
+            self._write_children(conn, job_id, progress, decisions)
+            return self._read_existing(conn, job_id), True
+
+        return await self._run(op, write=True)
+
+    async def close(self) -> None:
+        """Close the connection; later calls raise ``StoreUnavailable``. Idempotent."""
+
+        def op() -> None:
+            with self._lock:
+                conn, self._conn = self._conn, None
+                if conn is not None:
+                    conn.close()
+
+        await asyncio.to_thread(op)

@@ -1,0 +1,91 @@
+"""The direction of imports (DESIGN.md): schedules <- store <- service <- grpc <- app;
+the server never imports torch; the engine is stdlib only; the client never imports
+server code. Checked on the source files themselves, so a new import cannot sneak in."""
+
+from __future__ import annotations
+
+import ast
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+PACKAGES = {"paramsched.server": ROOT / "server", "paramsched.client": ROOT / "client",
+            "paramsched": ROOT / "proto" / "paramsched"}
+
+
+def modules(package: str) -> dict[str, Path]:
+    base = PACKAGES[package]
+    out = {}
+    for path in base.rglob("*.py"):
+        rel = path.relative_to(base).with_suffix("")
+        parts = [p for p in rel.parts if p != "__init__"]
+        out[".".join([package, *parts])] = path
+    return out
+
+
+def imports_of(module: str, path: Path) -> set[str]:
+    """Absolute names of everything ``module`` imports (relative imports resolved)."""
+    tree = ast.parse(path.read_text(), filename=str(path))
+    is_package = path.name == "__init__.py"
+    here = module.split(".") if is_package else module.split(".")[:-1]
+    found: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = here[: len(here) - node.level + 1]
+                prefix = ".".join(base + ([node.module] if node.module else []))
+            else:
+                prefix = node.module or ""
+            found.add(prefix)
+            found.update(f"{prefix}.{alias.name}" for alias in node.names)
+    return found
+
+
+def imports_within(package: str) -> dict[str, set[str]]:
+    return {name: imports_of(name, path) for name, path in modules(package).items()}
+
+
+LAYERS = ["app", "grpc", "service", "store", "schedules"]
+
+
+def layer_of(module: str) -> int | None:
+    parts = module.split(".")
+    if parts[:2] != ["paramsched", "server"] or len(parts) < 3:
+        return None
+    return LAYERS.index(parts[2]) if parts[2] in LAYERS else None
+
+
+def test_server_layers_only_import_downwards():
+    bad = []
+    for module, names in imports_within("paramsched.server").items():
+        mine = layer_of(module)
+        for name in names:
+            theirs = layer_of(name)
+            if mine is not None and theirs is not None and theirs < mine:
+                bad.append(f"{module} imports {name}")
+    assert not bad, bad
+
+
+@pytest.mark.parametrize(("package", "forbidden"), [
+    ("paramsched.server", ("torch", "mmengine", "paramsched.client")),
+    ("paramsched.client", ("paramsched.server", "mmengine", "redis")),
+])
+def test_forbidden_imports(package: str, forbidden: tuple[str, ...]):
+    bad = [f"{m} imports {n}" for m, names in imports_within(package).items() for n in names
+           if n.startswith(forbidden)]
+    assert not bad, bad
+
+
+def test_schedule_engine_is_standard_library_only():
+    engine = {m: n for m, n in imports_within("paramsched.server").items()
+              if m.startswith("paramsched.server.schedules")}
+    assert engine
+    for module, names in engine.items():
+        for name in names:
+            top = name.split(".")[0]
+            assert (top == "paramsched" and name.startswith("paramsched.server.schedules")) or (
+                top in sys.stdlib_module_names or top == "__future__"), f"{module} imports {name}"

@@ -1,0 +1,54 @@
+"""Packaging and layering rules that a refactor must not break."""
+
+from __future__ import annotations
+
+import filecmp
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def run_python(code: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-c", code], cwd=cwd, capture_output=True, text=True, timeout=120
+    )
+
+
+def test_only_the_paramsched_namespace_is_importable(tmp_path: Path):
+    for name in ("server", "client", "api"):
+        result = run_python(f"import {name}", tmp_path)
+        assert result.returncode != 0, f"top-level module {name!r} must not be importable"
+        assert "ModuleNotFoundError" in result.stderr
+    result = run_python(
+        "import paramsched, paramsched.server.app, paramsched.client; "
+        "from paramsched import Client; print(Client.__name__)",
+        tmp_path,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "Client"
+
+
+def test_server_never_imports_torch(tmp_path: Path):
+    result = run_python(
+        "import sys, paramsched.server.app, paramsched.server.service, paramsched.server.store; "
+        "assert 'torch' not in sys.modules and 'mmengine' not in sys.modules, "
+        "sorted(m for m in sys.modules if m.startswith(('torch', 'mmengine')))",
+        tmp_path,
+    )
+    assert result.returncode == 0, result.stderr
+
+
+def test_generated_code_matches_the_proto(tmp_path: Path):
+    subprocess.run(
+        [sys.executable, str(ROOT / "tools" / "gen_proto.py"), str(tmp_path)],
+        check=True,
+        timeout=120,
+    )
+    generated = tmp_path / "paramsched" / "api" / "v1"
+    committed = ROOT / "proto" / "paramsched" / "api" / "v1"
+    names = sorted(p.name for p in generated.iterdir())
+    assert names == ["scheduler_pb2.py", "scheduler_pb2.pyi", "scheduler_pb2_grpc.py"]
+    drifted = [n for n in names if not filecmp.cmp(generated / n, committed / n, shallow=False)]
+    assert not drifted, f"regenerate with `make proto`: {drifted} differ from scheduler.proto"
