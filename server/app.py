@@ -22,6 +22,7 @@ from pathlib import Path
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
+
 from paramsched.api.v1 import scheduler_pb2, scheduler_pb2_grpc
 
 from .grpc.servicer import SchedulerServicer

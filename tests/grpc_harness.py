@@ -13,6 +13,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import grpc
+
 from paramsched.api.v1 import scheduler_pb2_grpc
 from paramsched.server.app import RunningParts, ServerConfig, build_parts
 

@@ -8,12 +8,13 @@ from pathlib import Path
 
 import grpc
 import pytest
-from process_harness import ServerProcess
-from redis_harness import RedisServer
-from test_service_grpc import PLATEAU, WARMUP_COSINE, decode, engine_values, spec_proto
 
 from paramsched.api.v1 import scheduler_pb2 as pb
 from paramsched.api.v1 import scheduler_pb2_grpc as pb_grpc
+
+from process_harness import ServerProcess
+from redis_harness import RedisServer
+from test_service_grpc import PLATEAU, WARMUP_COSINE, decode, engine_values, spec_proto
 
 
 def stub_for(server: ServerProcess) -> tuple[grpc.Channel, pb_grpc.SchedulerServiceStub]:

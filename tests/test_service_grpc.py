@@ -11,12 +11,14 @@ from typing import Any
 
 import grpc
 import pytest
-from grpc_harness import InProcessServer, serving
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
 from paramsched.api.v1 import scheduler_pb2 as pb
 from paramsched.api.v1 import scheduler_pb2_grpc as pb_grpc
 from paramsched.server.schedules import Timeline, build_job_spec
+
+from grpc_harness import InProcessServer, serving
 
 WARMUP_COSINE = [
     dict(type="LinearLR", start_factor=0.01, by_epoch=False, end=7),

@@ -3,7 +3,10 @@
 A ``Timeline`` keeps keyframes (copies of the replay state) every
 ``keyframe_interval`` iterations. A query at ``t`` starts from the keyframe at or
 before ``t`` and replays at most ``keyframe_interval - 1`` iterations; keyframes past
-the last one are made on demand, once. Replaying (instead of a closed form) keeps the
+the last one are made on demand, once. A few recent query end points (cursors) are
+kept too, since ranks ask for consecutive iterations: the next query usually
+continues where the last one stopped; and the values of recently asked iterations
+are kept, since every rank asks for the same ones. Replaying (instead of a closed form) keeps the
 curves bit-identical to MMEngine's chainable arithmetic.
 
 Validation decisions (metrics per epoch) are inputs: keyframes past an epoch end that
@@ -12,6 +15,8 @@ different decision for that epoch.
 """
 
 from __future__ import annotations
+
+from collections import OrderedDict
 
 from .config import JobSpec
 from .errors import DecisionPending
@@ -23,6 +28,9 @@ GroupValues = list[dict[str, float]]
 class Timeline:
     """The values of every scheduled param of every group at every iteration of a job."""
 
+    max_cursors = 8
+    max_cached_values = 16384
+
     def __init__(self, spec: JobSpec, keyframe_interval: int = 512) -> None:
         if keyframe_interval < 1:
             raise ValueError("keyframe_interval must be >= 1")
@@ -30,6 +38,9 @@ class Timeline:
         self.replayer = Replayer(spec)
         self.interval = keyframe_interval
         self._keyframes: list[ReplayState] = [self.replayer.initial.copy()]
+        self._cursors: list[ReplayState] = []
+        # iteration -> values; valid forever, since decisions are written once.
+        self._values: OrderedDict[int, GroupValues] = OrderedDict()
         self._used: dict[int, Metrics | None] = {}
 
     @property
@@ -67,11 +78,22 @@ class Timeline:
             self.replayer.advance(frame, start + self.interval, decisions)
             self._record(frame, decisions, start)
             self._keyframes.append(frame)
-        state = self._keyframes[slot].copy()
+        best = self._keyframes[slot]
+        for cursor in self._cursors:
+            if best.iteration < cursor.iteration <= t:
+                best = cursor
+        state = best.copy()
         start = state.iteration
         self.replayer.advance(state, t, decisions)
         self._record(state, decisions, start)
         return state
+
+    def _remember(self, state: ReplayState) -> None:
+        """Keep ``state`` as a cursor (a copy), replacing the oldest of a few."""
+        if state.iteration % self.interval:
+            self._cursors.append(state.copy())
+            if len(self._cursors) > self.max_cursors:
+                self._cursors.pop(0)
 
     def values_at(self, t: int, decisions: Decisions | None = None) -> GroupValues:
         """The values per param group while iteration ``t`` runs."""
@@ -82,12 +104,17 @@ class Timeline:
     ) -> list[GroupValues]:
         """Values for iterations ``start .. stop-1``.
 
+        The returned values are shared with the cache: treat them as read-only.
         With ``partial=True`` the list ends early, before the first iteration whose
         values wait on a missing validation decision, instead of raising.
         """
         self._check_range(start, "start")
         self._check_range(stop - 1 if stop > start else start, "stop")
         decisions = decisions or {}
+        self._check_decisions(decisions)
+        cached = self._cached_prefix(start, stop)
+        if len(cached) == stop - start:
+            return cached
         try:
             state = self.state_at(start, decisions)
         except DecisionPending:
@@ -104,7 +131,26 @@ class Timeline:
                 raise
             out.append(self.replayer.group_values(state))
         self._record(state, decisions, start)
+        self._remember(state)
+        self._cache(start, out)
         return out
+
+    def _cached_prefix(self, start: int, stop: int) -> list[GroupValues]:
+        out = []
+        for t in range(start, stop):
+            values = self._values.get(t)
+            if values is None:
+                break
+            out.append(values)
+        return out
+
+    def _cache(self, start: int, values: list[GroupValues]) -> None:
+        cache = self._values
+        for offset, v in enumerate(values):
+            cache[start + offset] = v
+            cache.move_to_end(start + offset)
+        while len(cache) > self.max_cached_values:
+            cache.popitem(last=False)
 
     def needs_decision(self, epoch: int) -> bool:
         """Whether values after ``epoch``'s end depend on its validation metrics."""

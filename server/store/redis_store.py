@@ -229,7 +229,14 @@ def _record(job_id: str, reply: Sequence[Any]) -> JobRecord:
 
 
 class RedisJobStore:
-    """A ``JobStore`` on Redis (standalone, or a Cluster node via hash tags)."""
+    """A ``JobStore`` on Redis, shared by every server replica that uses the same URL.
+
+    ``socket_timeout`` bounds every connect and reply (a hung Redis surfaces as
+    ``StoreUnavailable`` after about twice that: one retry on a fresh connection).
+    ``prefix`` namespaces the keys, so several deployments can share one Redis.
+    The key layout is Cluster-ready (one slot per job); the client is a standalone
+    ``redis.asyncio.Redis``.
+    """
 
     def __init__(
         self, url: str, *, prefix: str = "paramsched", socket_timeout: float = 5.0
