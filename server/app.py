@@ -12,12 +12,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import ipaddress
 import logging
 import os
 import signal
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -25,7 +27,10 @@ from grpc_reflection.v1alpha import reflection
 
 from paramsched.api.v1 import scheduler_pb2, scheduler_pb2_grpc
 
+from .auth import AuthConfigError, TokenRegistry
+from .grpc.interceptors import AuthInterceptor, MessageSizeInterceptor, MetricsInterceptor
 from .grpc.servicer import SchedulerServicer
+from .observability import InstrumentedStore, Metrics, configure_logging
 from .service import SchedulerService
 from .store import JobStore, open_store
 
@@ -48,6 +53,14 @@ class ServerConfig:
     data_dir: str | Path | None = None
     plan_size: int = 256
     grace_seconds: float = 10.0
+    tokens_file: str | None = None
+    tokens_inline: str | None = None  # the JSON document itself (PARAMSCHED_TOKENS)
+    tls_cert: str | None = None
+    tls_key: str | None = None
+    tls_client_ca: str | None = None  # set: clients must present a certificate it signed
+    metrics_port: int | None = None
+    metrics_host: str = "127.0.0.1"
+    max_message_bytes: int = 4 * 1024 * 1024
 
 
 @dataclass
@@ -59,6 +72,16 @@ class RunningParts:
     store: JobStore
     service: SchedulerService
     health: health.aio.HealthServicer
+    metrics: Metrics
+    tokens: TokenRegistry
+    metrics_http: Any = None
+
+    async def close(self, grace: float | None = None) -> None:
+        await self.server.stop(grace)
+        await self.store.close()
+        if self.metrics_http is not None:
+            self.metrics_http.shutdown()
+            self.metrics_http.server_close()
 
 
 async def build_server(config: ServerConfig) -> tuple[grpc.aio.Server, int]:
@@ -67,12 +90,55 @@ async def build_server(config: ServerConfig) -> tuple[grpc.aio.Server, int]:
     return parts.server, parts.port
 
 
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def _read(path: str, what: str) -> bytes:
+    try:
+        return Path(path).read_bytes()
+    except OSError as exc:
+        raise OSError(f"cannot read {what} {path}: {exc}") from None
+
+
+def server_credentials(config: ServerConfig) -> grpc.ServerCredentials | None:
+    """TLS (and mutual TLS with ``tls_client_ca``) credentials, or None for plaintext."""
+    if not (config.tls_cert or config.tls_key or config.tls_client_ca):
+        return None
+    if not (config.tls_cert and config.tls_key):
+        raise OSError("TLS needs both --tls-cert and --tls-key")
+    pair = (_read(config.tls_key, "TLS key"), _read(config.tls_cert, "TLS certificate"))
+    if config.tls_client_ca:
+        return grpc.ssl_server_credentials(
+            [pair], root_certificates=_read(config.tls_client_ca, "client CA"),
+            require_client_auth=True)
+    return grpc.ssl_server_credentials([pair])
+
+
 async def build_parts(config: ServerConfig) -> RunningParts:
     data_dir = Path(config.data_dir) if config.data_dir else default_data_dir()
+    tokens = TokenRegistry.load(config.tokens_file, config.tokens_inline)
+    credentials = server_credentials(config)
+    metrics = Metrics()
     store = open_store(config.redis_url, data_dir)
-    service = SchedulerService(store, default_plan_size=config.plan_size)
-    server = grpc.aio.server(options=[
-        ("grpc.max_receive_message_length", 16 * 1024 * 1024),
+    service = SchedulerService(InstrumentedStore(store, metrics),
+                               default_plan_size=config.plan_size, events=metrics)
+    # Outermost first: count every RPC, then authenticate, then check sizes (so an
+    # unauthenticated caller learns nothing from the size check).
+    interceptors: list[grpc.aio.ServerInterceptor] = [MetricsInterceptor(metrics)]
+    if tokens.enabled:
+        interceptors.append(AuthInterceptor(tokens))
+    elif not is_loopback(config.host):
+        log.warning("serving on %s WITHOUT authentication: anyone who can reach this address "
+                    "can read and change every job; set --tokens-file", config.host)
+    interceptors.append(MessageSizeInterceptor(config.max_message_bytes))
+    server = grpc.aio.server(interceptors=interceptors, options=[
+        ("grpc.max_receive_message_length", 4 * config.max_message_bytes),
         ("grpc.max_send_message_length", 64 * 1024 * 1024),
     ])
     scheduler_pb2_grpc.add_SchedulerServiceServicer_to_server(SchedulerServicer(service), server)
@@ -84,10 +150,17 @@ async def build_parts(config: ServerConfig) -> RunningParts:
         (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
     address = f"[{config.host}]:{config.port}" if ":" in config.host else (
         f"{config.host}:{config.port}")
-    port = server.add_insecure_port(address)
+    if credentials is None:
+        port = server.add_insecure_port(address)
+    else:
+        port = server.add_secure_port(address, credentials)
     if port == 0:
         raise OSError(f"could not bind {address}")
-    return RunningParts(server, port, store, service, health_servicer)
+    metrics_http = None
+    if config.metrics_port is not None:
+        metrics_http = metrics.serve(config.metrics_port, config.metrics_host)
+    return RunningParts(server, port, store, service, health_servicer, metrics, tokens,
+                        metrics_http)
 
 
 async def serve(config: ServerConfig) -> None:
@@ -96,7 +169,14 @@ async def serve(config: ServerConfig) -> None:
     await parts.server.start()
     where = "redis " + _redact(config.redis_url) if config.redis_url else (
         f"embedded store in {Path(config.data_dir) if config.data_dir else default_data_dir()}")
-    log.info("paramsched listening on %s:%d (%s)", config.host, parts.port, where)
+    security = ("TLS" + (" with client certificates" if config.tls_client_ca else "")
+                if config.tls_cert else "plaintext")
+    auth = "bearer tokens" if parts.tokens.enabled else "no auth"
+    log.info("paramsched listening on %s:%d (%s; %s, %s)", config.host, parts.port, where,
+             security, auth)
+    if parts.metrics_http is not None:
+        log.info("metrics on http://%s:%d/metrics", config.metrics_host,
+                 parts.metrics_http.server_port)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -105,8 +185,7 @@ async def serve(config: ServerConfig) -> None:
     log.info("shutting down: finishing in-flight requests (grace %.0fs)", config.grace_seconds)
     for name in ("", SERVICE_NAME):
         await parts.health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
-    await parts.server.stop(config.grace_seconds)
-    await parts.store.close()
+    await parts.close(config.grace_seconds)
     log.info("stopped")
 
 
@@ -140,20 +219,63 @@ def make_parser() -> argparse.ArgumentParser:
                          help="iterations of values handed out per report (default 256)")
     serve_p.add_argument("--log-level", default=_env("LOG_LEVEL", "INFO"),
                          help="DEBUG, INFO, WARNING... (env PARAMSCHED_LOG_LEVEL)")
+    serve_p.add_argument("--log-format", choices=("text", "json"),
+                         default=_env("LOG_FORMAT", "text"),
+                         help="one JSON object per line with 'json' (env PARAMSCHED_LOG_FORMAT)")
+    serve_p.add_argument("--tokens-file", default=_env("TOKENS_FILE"),
+                         help="JSON bearer-token file; the env PARAMSCHED_TOKENS may hold the "
+                              "document itself (env PARAMSCHED_TOKENS_FILE)")
+    serve_p.add_argument("--tls-cert", default=_env("TLS_CERT"),
+                         help="PEM certificate chain (env PARAMSCHED_TLS_CERT)")
+    serve_p.add_argument("--tls-key", default=_env("TLS_KEY"),
+                         help="PEM private key (env PARAMSCHED_TLS_KEY)")
+    serve_p.add_argument("--tls-client-ca", default=_env("TLS_CLIENT_CA"),
+                         help="PEM CA bundle; clients must present a certificate signed by it "
+                              "(mutual TLS; env PARAMSCHED_TLS_CLIENT_CA)")
+    serve_p.add_argument("--metrics-port", type=int,
+                         default=int(_env("METRICS_PORT") or -1),
+                         help="serve Prometheus metrics on this port (env PARAMSCHED_METRICS_PORT)")
+    serve_p.add_argument("--metrics-host", default=_env("METRICS_HOST", "0.0.0.0"),
+                         help="address of the metrics endpoint (env PARAMSCHED_METRICS_HOST)")
+    health_p = sub.add_parser("health", help="check a server with the gRPC health service "
+                                               "(exit 0 when SERVING; for container probes)")
+    health_p.add_argument("--target", default=_env("HEALTH_TARGET", "127.0.0.1:50051"),
+                          help="host:port to check (env PARAMSCHED_HEALTH_TARGET)")
+    health_p.add_argument("--timeout", type=float, default=5.0)
     return parser
+
+
+def check_health(target: str, timeout: float) -> int:
+    """Exit status for ``paramsched health``: 0 SERVING, 1 anything else."""
+    try:
+        with grpc.insecure_channel(target) as channel:
+            reply = health_pb2_grpc.HealthStub(channel).Check(
+                health_pb2.HealthCheckRequest(service=SERVICE_NAME), timeout=timeout)
+    except grpc.RpcError as exc:
+        print(f"{target}: {exc.code().name}: {exc.details()}", file=sys.stderr)
+        return 1
+    status = health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
+    print(f"{target}: {status}")
+    return 0 if reply.status == health_pb2.HealthCheckResponse.SERVING else 1
 
 
 def main(argv: list[str] | None = None) -> int:
     args = make_parser().parse_args(argv)
-    logging.basicConfig(
-        level=str(args.log_level).upper(), stream=sys.stderr,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logging(str(getattr(args, "log_level", "INFO")),
+                      str(getattr(args, "log_format", "text")))
+    if args.command == "health":
+        return check_health(args.target, args.timeout)
     if args.command == "serve":
-        config = ServerConfig(host=args.host, port=args.port, redis_url=args.redis_url,
-                              data_dir=args.data_dir, plan_size=args.plan_size)
+        config = ServerConfig(
+            host=args.host, port=args.port, redis_url=args.redis_url, data_dir=args.data_dir,
+            plan_size=args.plan_size, tokens_file=args.tokens_file,
+            tokens_inline=os.environ.get("PARAMSCHED_TOKENS"), tls_cert=args.tls_cert,
+            tls_key=args.tls_key, tls_client_ca=args.tls_client_ca,
+            metrics_port=None if args.metrics_port < 0 else args.metrics_port,
+            metrics_host=args.metrics_host)
         try:
             asyncio.run(serve(config))
-        except OSError as exc:
+        except (OSError, AuthConfigError) as exc:
             log.error("cannot start: %s", exc)
             return 1
     return 0

@@ -13,14 +13,16 @@ value handed out for (job, generation, iteration) never changes.
 from __future__ import annotations
 
 import json
+import logging
 import math
 import re
 import time
 from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
+from .auth import current_principal
 from .errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound, Unavailable
 from .schedules import (
     ConfigError,
@@ -42,6 +44,85 @@ from .store import (
 
 JOB_ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 STATE_FORMAT = 1
+
+log = logging.getLogger("paramsched.jobs")
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Input limits; each breach is INVALID_ARGUMENT naming the limit."""
+
+    max_schedulers: int = 64
+    max_param_groups: int = 256
+    max_params_per_group: int = 64
+    max_list_items: int = 10_000  # milestones, periods, restart weights, per-group lists
+    max_metrics: int = 64
+    max_metric_name: int = 128
+    max_iters: int = 10**9
+
+    def check_spec(self, data: Mapping[str, Any], prefix: str) -> None:
+        schedulers = data.get("param_scheduler")
+        if isinstance(schedulers, list) and len(schedulers) > self.max_schedulers:
+            raise InvalidArgument(
+                f"{len(schedulers)} schedulers exceed the limit max_schedulers="
+                f"{self.max_schedulers}", field=f"{prefix}.param_scheduler")
+        for i, cfg in enumerate(schedulers if isinstance(schedulers, list) else []):
+            for key, value in (cfg.items() if isinstance(cfg, dict) else ()):
+                if isinstance(value, list) and len(value) > self.max_list_items:
+                    raise InvalidArgument(
+                        f"{len(value)} items exceed the limit max_list_items="
+                        f"{self.max_list_items}", field=f"{prefix}.param_scheduler[{i}].{key}")
+        groups = data.get("initial_values")
+        if isinstance(groups, list):
+            if len(groups) > self.max_param_groups:
+                raise InvalidArgument(
+                    f"{len(groups)} param groups exceed the limit max_param_groups="
+                    f"{self.max_param_groups}", field=f"{prefix}.initial_values")
+            for g, group in enumerate(groups):
+                if isinstance(group, dict) and len(group) > self.max_params_per_group:
+                    raise InvalidArgument(
+                        f"{len(group)} values exceed the limit max_params_per_group="
+                        f"{self.max_params_per_group}", field=f"{prefix}.initial_values[{g}]")
+        for key in ("max_iters", "max_epochs"):
+            value = data.get(key)
+            if isinstance(value, int) and value > self.max_iters:
+                raise InvalidArgument(f"{value} exceeds the limit max_iters={self.max_iters}",
+                                      field=f"{prefix}.{key}")
+        epochs, length = data.get("max_epochs"), data.get("epoch_length")
+        if isinstance(epochs, int) and isinstance(length, int) and epochs * length > self.max_iters:
+            raise InvalidArgument(f"max_epochs * epoch_length exceeds the limit max_iters="
+                                  f"{self.max_iters}", field=f"{prefix}.max_epochs")
+
+    def check_metrics(self, metrics: Mapping[str, float], field: str) -> None:
+        if len(metrics) > self.max_metrics:
+            raise InvalidArgument(f"{len(metrics)} metrics exceed the limit max_metrics="
+                                  f"{self.max_metrics}", field=field)
+        for name in metrics:
+            if not name or len(name) > self.max_metric_name:
+                raise InvalidArgument(
+                    f"metric names must have 1 to max_metric_name={self.max_metric_name} "
+                    "characters", field=field)
+
+
+class ServiceEvents(Protocol):
+    """What the service tells observers (metrics); every method must be cheap."""
+
+    def plan_issued(self, job_id: str, iterations: int) -> None: ...
+
+    def job_reported(self, job_id: str) -> None: ...
+
+    def report_fenced(self, job_id: str) -> None: ...
+
+
+class NoEvents:
+    def plan_issued(self, job_id: str, iterations: int) -> None:
+        pass
+
+    def job_reported(self, job_id: str) -> None:
+        pass
+
+    def report_fenced(self, job_id: str) -> None:
+        pass
 
 
 @dataclass(frozen=True)
@@ -110,8 +191,12 @@ def _config_error(exc: ConfigError, prefix: str) -> InvalidArgument:
     return InvalidArgument(reason, field=f"{prefix}.{exc.field}" if prefix else exc.field)
 
 
-def parse_spec(data: Mapping[str, Any], prefix: str = "spec") -> JobSpec:
+def parse_spec(data: Mapping[str, Any], prefix: str = "spec",
+               limits: Limits | None = None) -> JobSpec:
     """Validate a spec dict (``JobSpec.to_dict()`` shape) into a JobSpec."""
+    if not isinstance(data, Mapping):
+        raise InvalidArgument("must be an object", field=prefix)
+    (limits or Limits()).check_spec(data, prefix)
     try:
         return build_job_spec(
             data.get("param_scheduler"),
@@ -135,8 +220,12 @@ class SchedulerService:
         max_plan_size: int = 4096,
         cache_size: int = 1024,
         max_preview_iterations: int = 10_000_000,
+        limits: Limits | None = None,
+        events: ServiceEvents | None = None,
     ) -> None:
         self.store = store
+        self.limits = limits or Limits()
+        self.events: ServiceEvents = events or NoEvents()
         self.default_plan_size = default_plan_size
         self.max_plan_size = max_plan_size
         self.cache_size = cache_size
@@ -237,7 +326,7 @@ class SchedulerService:
         if spec_data is None:
             record = await self._get_record(job_id)
         else:
-            spec = parse_spec(spec_data)
+            spec = parse_spec(spec_data, limits=self.limits)
             canonical = spec.to_dict()
             spec_hash = content_hash(canonical)
             fresh = JobRecord(job_id, canonical, spec_hash, world_size=world_size,
@@ -251,9 +340,17 @@ class SchedulerService:
                 diff = "; ".join(spec_difference(record.spec, canonical)) or "specs differ"
                 raise AlreadyExists(f"job {job_id!r} exists with a different spec: {diff}")
             self._specs.setdefault(spec_hash, spec)
+            if created:
+                log.info("job created", extra=self._event("created", job_id, rank, 1))
         entry = self._loaded(record)
         plan = self._plan(entry, record, 0, size)
+        self.events.plan_issued(job_id, len(plan.values))
         return JobView(record, entry.spec), created, plan
+
+    @staticmethod
+    def _event(event: str, job_id: str, rank: int | None, generation: int) -> dict[str, Any]:
+        return {"event": event, "job_id": job_id, "rank": rank, "generation": generation,
+                "principal": current_principal.get().name}
 
     async def get(self, job_id: str) -> JobView:
         check_job_id(job_id)
@@ -266,14 +363,23 @@ class SchedulerService:
         if page_size < 0:
             raise InvalidArgument(f"must be >= 0, got {page_size}", field="page_size")
         limit = min(page_size or 100, 1000)
-        try:
-            records = await self.store.list(prefix, page_token, limit + 1)
-        except StoreUnavailable as exc:
-            raise Unavailable(f"job store unavailable: {exc}") from None
-        more = len(records) > limit
-        records = records[:limit]
-        views = [JobView(r, self._spec_for(r)) for r in records]
-        return views, (records[-1].job_id if more and records else "")
+        principal = current_principal.get()
+        visible: list[JobRecord] = []
+        after, exhausted = page_token, False
+        # A job-scoped caller sees only its jobs: read on until the page is full.
+        while len(visible) <= limit and not exhausted:
+            try:
+                records = await self.store.list(prefix, after, limit + 1)
+            except StoreUnavailable as exc:
+                raise Unavailable(f"job store unavailable: {exc}") from None
+            exhausted = len(records) <= limit
+            if records:
+                after = records[-1].job_id
+            visible.extend(r for r in records if principal.may_access(r.job_id))
+        more = len(visible) > limit
+        visible = visible[:limit]
+        views = [JobView(r, self._spec_for(r)) for r in visible]
+        return views, (visible[-1].job_id if more and visible else "")
 
     async def delete(self, job_id: str) -> bool:
         check_job_id(job_id)
@@ -282,6 +388,8 @@ class SchedulerService:
         except StoreUnavailable as exc:
             raise Unavailable(f"job store unavailable: {exc}") from None
         self._forget(job_id)
+        if deleted:
+            log.info("job deleted", extra=self._event("deleted", job_id, None, 0))
         return deleted
 
     # -- progress -------------------------------------------------------------------
@@ -312,6 +420,7 @@ class SchedulerService:
         if entry is None or entry.generation != generation:
             record = await self._get_record(job_id)
             if record.generation != generation:
+                self._fenced(job_id, rank, generation)
                 raise FailedPrecondition(str(StaleGeneration(job_id, generation,
                                                              record.generation)))
             entry = self._loaded(record)
@@ -333,11 +442,20 @@ class SchedulerService:
             raise NotFound(f"job {job_id!r} does not exist") from None
         except StaleGeneration as exc:
             self._forget(job_id)
+            self._fenced(job_id, rank, generation)
             raise FailedPrecondition(str(exc)) from None
         if record.spec is not None and record.spec_hash != entry.spec_hash:
             # The job was deleted and recreated with another spec meanwhile.
             entry = self._loaded(record)
-        return self._plan(entry, record, iteration, iteration + size)
+        plan = self._plan(entry, record, iteration, iteration + size)
+        self.events.job_reported(job_id)
+        self.events.plan_issued(job_id, len(plan.values))
+        return plan
+
+    def _fenced(self, job_id: str, rank: int, generation: int) -> None:
+        self.events.report_fenced(job_id)
+        log.warning("report refused: stale generation",
+                    extra=self._event("fenced", job_id, rank, generation))
 
     def _decision(
         self,
@@ -361,6 +479,7 @@ class SchedulerService:
                 f"{spec.epoch_length} iterations long",
                 field="epoch_end")
         if metrics is not None:
+            self.limits.check_metrics(metrics, "metrics")
             for name, value in metrics.items():
                 if not isinstance(value, int | float) or not math.isfinite(value):
                     raise InvalidArgument(f"must be a finite number, got {value!r}",
@@ -392,7 +511,7 @@ class SchedulerService:
         decisions: Mapping[int, Mapping[str, float] | None],
     ) -> Plan:
         """The values a spec would give, without a job (nothing is stored)."""
-        spec = parse_spec(spec_data)
+        spec = parse_spec(spec_data, limits=self.limits)
         stop = stop or spec.max_iters + 1
         if start < 0 or stop <= start:
             raise InvalidArgument(f"need 0 <= start < stop, got start={start}, stop={stop}",
@@ -443,7 +562,7 @@ class SchedulerService:
         check_job_id(job_id)
         size = self._plan_size(plan_size)
         state = self._parse_state(state_json)
-        spec = parse_spec(state["spec"], prefix="state.spec")
+        spec = parse_spec(state["spec"], prefix="state.spec", limits=self.limits)
         canonical = spec.to_dict()
         iteration = state["iteration"]
         if not isinstance(iteration, int) or not 0 <= iteration <= spec.max_iters:
@@ -463,6 +582,10 @@ class SchedulerService:
             raise Unavailable(f"job store unavailable: {exc}") from None
         entry = self._loaded(record)
         plan = self._plan(entry, record, iteration, iteration + size)
+        if resumed:
+            log.info("job resumed from a checkpoint at iteration %d", iteration,
+                     extra=self._event("resumed", job_id, None, record.generation))
+        self.events.plan_issued(job_id, len(plan.values))
         return JobView(record, entry.spec), plan, resumed
 
     @staticmethod

@@ -11,6 +11,7 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import grpc
 
@@ -20,10 +21,16 @@ from paramsched.server.app import RunningParts, ServerConfig, build_parts
 
 class InProcessServer:
     def __init__(
-        self, *, data_dir: Path | None = None, redis_url: str | None = None, plan_size: int = 256
+        self,
+        *,
+        data_dir: Path | None = None,
+        redis_url: str | None = None,
+        plan_size: int = 256,
+        **config: Any,
     ) -> None:
         self.config = ServerConfig(
-            host="127.0.0.1", port=0, data_dir=data_dir, redis_url=redis_url, plan_size=plan_size
+            host=config.pop("host", "127.0.0.1"), port=0, data_dir=data_dir,
+            redis_url=redis_url, plan_size=plan_size, **config,
         )
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
@@ -52,17 +59,15 @@ class InProcessServer:
             parts = self.parts
             self.parts = None
 
-            async def _stop() -> None:
-                await parts.server.stop(None)
-                await parts.store.close()
-
-            self._call(_stop())
+            self._call(parts.close())
         self.loop.call_soon_threadsafe(self.loop.stop)
         self.thread.join(timeout=10)
 
 
 @contextmanager
-def serving(**kwargs) -> Iterator[tuple[InProcessServer, scheduler_pb2_grpc.SchedulerServiceStub]]:  # type: ignore[no-untyped-def]
+def serving(
+    **kwargs: Any,
+) -> Iterator[tuple[InProcessServer, scheduler_pb2_grpc.SchedulerServiceStub]]:
     server = InProcessServer(**kwargs).start()
     channel = grpc.insecure_channel(server.target)
     try:

@@ -6,6 +6,7 @@ import math
 from typing import Any
 
 import pytest
+
 from paramsched.server.schedules import ConfigError, JobSpec, Timeline, build_job_spec
 
 SGD = [{"lr": 0.1, "momentum": 0.9, "weight_decay": 1e-4}]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import subprocess
 import time
 from pathlib import Path
 
@@ -12,7 +13,7 @@ import pytest
 from paramsched.api.v1 import scheduler_pb2 as pb
 from paramsched.api.v1 import scheduler_pb2_grpc as pb_grpc
 
-from process_harness import ServerProcess
+from process_harness import PARAMSCHED, ServerProcess
 from redis_harness import RedisServer
 from test_service_grpc import PLATEAU, WARMUP_COSINE, decode, engine_values, spec_proto
 
@@ -137,3 +138,16 @@ def test_redis_restart_with_aof_loses_nothing(tmp_path: Path):
     finally:
         server.stop()
         redis.stop()
+
+
+def test_health_command_for_container_probes(tmp_path: Path):
+    server = ServerProcess(data_dir=tmp_path).start()
+    try:
+        ok = subprocess.run([str(PARAMSCHED), "health", "--target", server.target],
+                            capture_output=True, text=True, timeout=30)
+        assert ok.returncode == 0 and "SERVING" in ok.stdout
+    finally:
+        server.stop()
+    down = subprocess.run([str(PARAMSCHED), "health", "--target", server.target,
+                           "--timeout", "1"], capture_output=True, text=True, timeout=30)
+    assert down.returncode == 1 and "UNAVAILABLE" in down.stderr

@@ -1,0 +1,168 @@
+"""Server interceptors: bearer-token auth and per-RPC metrics.
+
+Both wrap the SchedulerService's unary handlers; the health and reflection services
+stay open (probes carry no token) and are not counted.
+
+Authorization needs the request's ``job_id``, which the interceptor only sees after
+deserialization, so it wraps the handler's behaviour rather than deciding from the
+method name alone. A job outside a token's scope is PERMISSION_DENIED before the
+store is touched, so the answer is the same whether the job exists or not.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import grpc
+
+from ..auth import Principal, TokenRegistry, bearer_token, current_principal
+from ..observability import Metrics
+
+SERVICE_PREFIX = "/paramsched.api.v1.SchedulerService/"
+
+# What each method needs: "scoped" (the request's job_id in the token's scope),
+# "admin", or "any" authenticated caller.
+METHOD_RULES = {
+    "AttachJob": "scoped",
+    "GetJob": "scoped",
+    "ReportProgress": "scoped",
+    "GetValues": "scoped",
+    "GetState": "scoped",
+    "LoadState": "scoped",
+    "DeleteJob": "admin",
+    "ListJobs": "any",
+    "PreviewSchedule": "any",
+}
+
+Behavior = Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]]
+
+
+def _wrap_unary(handler: grpc.RpcMethodHandler,
+                wrap: Callable[[Behavior], Behavior]) -> grpc.RpcMethodHandler:
+    return grpc.unary_unary_rpc_method_handler(
+        wrap(handler.unary_unary),
+        request_deserializer=handler.request_deserializer,
+        response_serializer=handler.response_serializer,
+    )
+
+
+class AuthInterceptor(grpc.aio.ServerInterceptor):
+    def __init__(self, tokens: TokenRegistry) -> None:
+        self.tokens = tokens
+
+    async def intercept_service(self, continuation: Any,
+                                details: grpc.HandlerCallDetails) -> Any:
+        handler = await continuation(details)
+        method = details.method
+        if handler is None or not method.startswith(SERVICE_PREFIX) or not handler.unary_unary:
+            return handler
+        name = method[len(SERVICE_PREFIX):]
+        rule = METHOD_RULES.get(name, "admin")  # a method without a rule is admin-only
+        metadata = {k: v for k, v in (details.invocation_metadata or ())
+                    if isinstance(v, str)}
+        token = bearer_token(metadata)
+
+        def wrap(behavior: Behavior) -> Behavior:
+            async def authorized(request: Any, context: grpc.aio.ServicerContext) -> Any:
+                principal = self._authorize(token, rule, request)
+                if isinstance(principal, tuple):
+                    await context.abort(*principal)
+                assert isinstance(principal, Principal)
+                reset = current_principal.set(principal)
+                try:
+                    return await behavior(request, context)
+                finally:
+                    current_principal.reset(reset)
+
+            return authorized
+
+        return _wrap_unary(handler, wrap)
+
+    def _authorize(self, token: str | None, rule: str,
+                   request: Any) -> Principal | tuple[grpc.StatusCode, str]:
+        if token is None:
+            return (grpc.StatusCode.UNAUTHENTICATED,
+                    "missing bearer token (metadata 'authorization: Bearer <token>')")
+        principal = self.tokens.authenticate(token)
+        if principal is None:
+            return grpc.StatusCode.UNAUTHENTICATED, "unknown bearer token"
+        if rule == "admin" and not principal.admin:
+            return (grpc.StatusCode.PERMISSION_DENIED,
+                    f"token {principal.name!r} is not an admin token")
+        if rule == "scoped" and not principal.may_access(getattr(request, "job_id", "")):
+            return (grpc.StatusCode.PERMISSION_DENIED,
+                    f"token {principal.name!r} may not access job {request.job_id!r}")
+        return principal
+
+
+class _Oversized:
+    def __init__(self, size: int) -> None:
+        self.size = size
+
+
+class MessageSizeInterceptor(grpc.aio.ServerInterceptor):
+    """Requests over ``limit`` bytes are INVALID_ARGUMENT naming the limit.
+
+    gRPC's own ``max_receive_message_length`` (set higher, as a backstop) would answer
+    RESOURCE_EXHAUSTED without saying which limit; this checks the raw bytes before
+    they are parsed.
+    """
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+
+    async def intercept_service(self, continuation: Any,
+                                details: grpc.HandlerCallDetails) -> Any:
+        handler = await continuation(details)
+        if handler is None or not details.method.startswith(SERVICE_PREFIX) or (
+                not handler.unary_unary):
+            return handler
+        limit, parse = self.limit, handler.request_deserializer
+
+        def deserialize(data: bytes) -> Any:
+            return _Oversized(len(data)) if len(data) > limit else parse(data)
+
+        async def checked(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            if isinstance(request, _Oversized):
+                await context.abort(
+                    grpc.StatusCode.INVALID_ARGUMENT,
+                    f"request of {request.size} bytes exceeds the limit max_message_bytes={limit}")
+            return await handler.unary_unary(request, context)
+
+        return grpc.unary_unary_rpc_method_handler(
+            checked, request_deserializer=deserialize,
+            response_serializer=handler.response_serializer)
+
+
+class MetricsInterceptor(grpc.aio.ServerInterceptor):
+    def __init__(self, metrics: Metrics) -> None:
+        self.metrics = metrics
+
+    async def intercept_service(self, continuation: Any,
+                                details: grpc.HandlerCallDetails) -> Any:
+        handler = await continuation(details)
+        method = details.method
+        if handler is None or not method.startswith(SERVICE_PREFIX) or not handler.unary_unary:
+            return handler
+        name = method[len(SERVICE_PREFIX):]
+        metrics = self.metrics
+
+        def wrap(behavior: Behavior) -> Behavior:
+            async def counted(request: Any, context: grpc.aio.ServicerContext) -> Any:
+                start = time.perf_counter()
+                code = grpc.StatusCode.OK
+                try:
+                    return await behavior(request, context)
+                except BaseException:
+                    code = context.code() or grpc.StatusCode.UNKNOWN
+                    raise
+                finally:
+                    metrics.rpc_latency.labels(name).observe(time.perf_counter() - start)
+                    metrics.rpcs.labels(name, code.name if hasattr(code, "name") else
+                                        str(code)).inc()
+
+            return counted
+
+        return _wrap_unary(handler, wrap)
