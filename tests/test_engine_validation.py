@@ -177,7 +177,7 @@ def test_non_finite_numbers(bad: float):
         (dict(type="MultiStepLR", milestones=[1, "2"]), "milestones"),
         (dict(type="LinearLR", by_epoch="yes"), "by_epoch"),
         (dict(type="ExponentialLR", gamma=None), "gamma"),
-        (dict(type="ConstantLR", begin=1.5), "begin"),
+        (dict(type="ConstantLR", begin="1"), "begin"),
     ],
 )
 def test_wrong_types(cfg: dict[str, Any], field: str):

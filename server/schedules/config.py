@@ -10,6 +10,8 @@ This module holds the Runner's build rules, each in one place:
   ``end`` become ``int(x * epoch_length)`` (an ``end`` of ``INF`` stays), the kind's
   periods (``step_size``, ``milestones``, ``T_max``, ``periods``, ``total_steps``) are
   multiplied by ``epoch_length``, and ``by_epoch`` becomes False;
+* ``WarmupStableDecay{LR,Momentum,ParamScheduler}`` is paramsched's own type (see
+  ``rules.WarmupStableDecayRule``), not MMEngine's;
 * ``Momentum`` types drive ``momentum``, or ``betas[0]`` when the groups have ``betas``
   and no ``momentum`` (Adam-style); ``*ParamScheduler`` types drive ``param_name``.
 
@@ -42,9 +44,11 @@ from .rules import (
     PolyRule,
     Rule,
     StepRule,
+    WarmupStableDecayRule,
 )
 
 INF = 10**9  # MMEngine's "no end" (int(1e9)); kept unscaled by convert_to_iter_based.
+Number = int | float
 
 COMMON_FIELDS: dict[str, tuple[f.Check, Any]] = {
     "begin": (f.number(low=0), 0),
@@ -92,6 +96,14 @@ KIND_FIELDS: dict[str, dict[str, tuple[f.Check, Any]]] = {
         "final_div_factor": (f.number(), 1e4),
         "three_phase": (f.boolean, False),
     },
+    "WarmupStableDecay": {
+        "warmup_iters": (f.integer(low=0), 0),
+        "warmup_start_factor": (f.number(low=0, high=1), 1e-3),
+        "decay_begin": (f.optional(f.integer(low=0)), None),
+        "decay_iters": (f.integer(low=1), 1),
+        "decay_shape": (f.choice("linear", "cosine", "sqrt"), "linear"),
+        "min_ratio": (f.number(low=0, high=1), 0.0),
+    },
     "ReduceOnPlateau": {
         "monitor": (f.text, "loss"),
         "rule": (f.choice("less", "greater"), "less"),
@@ -112,6 +124,7 @@ PERIOD_FIELDS = {
     "CosineAnnealing": ("T_max",),
     "CosineRestart": ("periods",),
     "OneCycle": ("total_steps",),
+    "WarmupStableDecay": ("warmup_iters", "decay_begin", "decay_iters"),
 }
 
 FAMILIES = (("ParamScheduler", None), ("Momentum", "momentum"), ("LR", "lr"))
@@ -126,8 +139,8 @@ class SchedulerSpec:
     kind: str
     param: str
     by_epoch: bool
-    begin: int
-    end: int
+    begin: Number  # fractional only without convert_to_iter_based, as MMEngine allows
+    end: Number
     rule: Rule | PlateauRule
 
     @property
@@ -275,11 +288,12 @@ def _check_fields(
     return values
 
 
-def _reachable_steps(begin: int, end: int, by_epoch: bool, job: _Job) -> int:
-    """How many steps of its window a scheduler takes in training (MMEngine steps every
-    scheduler once more after the final iteration/epoch, and that step counts)."""
+def _reachable_steps(begin: Number, end: Number, by_epoch: bool, job: _Job) -> int:
+    """How many steps of its window ``[begin, end)`` a scheduler takes in training: its
+    global step runs 0..horizon (MMEngine steps every scheduler once more after the
+    final iteration/epoch, and that step counts). Windows may be fractional."""
     horizon = job.loop_epochs if by_epoch else job.max_iters
-    return max(0, min(end - 1, horizon) - begin + 1)
+    return max(0, min(math.ceil(end) - 1, horizon) - math.ceil(begin) + 1)
 
 
 @dataclass(frozen=True)
@@ -397,18 +411,16 @@ def _build_one(
             elif v[name] is not None:
                 v[name] = v[name] * length
         by_epoch = False
-    for name, value in (("begin", begin), ("end", end)):
-        if value != int(value):
-            raise fail(name, f"must be a whole number of {'epochs' if by_epoch else 'iterations'} "
-                             f"unless convert_to_iter_based=True, got {value!r}")
-    begin, end = int(begin), int(end)
     if end <= begin:
         raise fail("end", f"must be larger than begin, got begin={begin}, end={end}")
     steps = _reachable_steps(begin, end, by_epoch, job)
     window = end - begin - 1  # MMEngine's total_iters
     rule: Rule | PlateauRule
+    # A step k equal to a fractional total_iters never comes, so only whole windows
+    # reach the divisions at k == total_iters.
+    whole = float(window).is_integer()
     if kind == "Constant":
-        if v["factor"] == 0 and 1 <= window <= steps - 1:
+        if v["factor"] == 0 and whole and 1 <= window <= steps - 1:
             raise fail("factor", "0 would divide by zero when the window ends "
                                  "(MMEngine crashes with ZeroDivisionError)")
         rule = ConstantRule(v["factor"], window)
@@ -427,7 +439,7 @@ def _build_one(
         _one_eta_min(v, fail, required=False)
         rule = CosineAnnealingRule(v["T_max"] or (end - begin), v["eta_min"], v["eta_min_ratio"])
     elif kind == "Poly":
-        if v["power"] < 0 and 1 <= window <= steps - 1:
+        if v["power"] < 0 and whole and 1 <= window <= steps - 1:
             raise fail("power", "a negative power divides by zero at the window's last step "
                                 "(MMEngine crashes with ZeroDivisionError)")
         rule = PolyRule(v["eta_min"], v["power"], window)
@@ -441,6 +453,10 @@ def _build_one(
         rule = CosineRestartRule(periods, cumulative, weights, v["eta_min"], v["eta_min_ratio"])
     elif kind == "OneCycle":
         rule = _one_cycle(v, param, begin, end, steps, job, fail)
+    elif kind == "WarmupStableDecay":
+        rule = WarmupStableDecayRule(v["warmup_iters"], v["warmup_start_factor"],
+                                     v["decay_begin"], v["decay_iters"], v["decay_shape"],
+                                     v["min_ratio"])
     else:
         rule = _plateau(v, job, fail)
     return SchedulerSpec(index, type_name, kind, param, by_epoch, begin, end, rule)
@@ -473,9 +489,9 @@ def _one_cycle(
         if v[name] == 0:
             raise fail(name, "must not be 0 (division by zero)")
     max_values = _per_group(v["eta_max"], "eta_max", job, fail)
+    # An explicit total_steps must be a positive int (checked with the field); the
+    # default end - begin may be fractional, which MMEngine accepts.
     total = v["total_steps"] if v["total_steps"] is not None else end - begin
-    if not isinstance(total, int) or total <= 0:
-        raise fail("total_steps", f"must be a positive integer, got {total!r}")
     last_step = steps - 1
     if last_step > total:
         raise fail("total_steps", f"{total} is smaller than the {last_step + 1} steps the "

@@ -20,6 +20,7 @@ the events that follow iterations ``0..t-1``.
 from __future__ import annotations
 
 import copy
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -201,7 +202,7 @@ class Replayer:
             if s.begin <= nxt < s.end:
                 return 0
             if nxt < s.begin:
-                horizon = min(horizon, s.begin - nxt)
+                horizon = min(horizon, math.ceil(s.begin) - nxt)
         return max(horizon, 0)
 
     def _validate(self, state: ReplayState, metrics: Metrics) -> None:

@@ -176,7 +176,7 @@ class OneCycleRule(Rule):
     and ``min_lr`` (cosine or linear); phase i covers steps up to its ``end_step``.
     """
 
-    total_steps: int
+    total_steps: float
     phases: tuple[OnePhase, ...]
     cosine: bool
     max_values: tuple[float, ...]
@@ -248,6 +248,44 @@ class CosineRestartRule(Rule):
                     + eta_min
                 )
         return out
+
+
+@dataclass(frozen=True)
+class WarmupStableDecayRule(Rule):
+    """Warmup-stable-decay (not an MMEngine type; paramsched's own).
+
+    Not chainable: the value is a function of the initial value ``base`` and the step k:
+    a linear warm-up from ``base*warmup_start_factor`` to ``base`` over ``warmup_iters``
+    steps, then ``base`` (stable, with no fixed end when ``decay_begin`` is None: a
+    reschedule brings the decay), then from step ``decay_begin`` a decay to
+    ``base*min_ratio`` over ``decay_iters`` steps (linear, cosine or sqrt), then held.
+    """
+
+    warmup_iters: int
+    warmup_start_factor: float
+    decay_begin: int | None
+    decay_iters: int
+    decay_shape: str
+    min_ratio: float
+
+    def _factor(self, k: int) -> float:
+        if k < self.warmup_iters:
+            sf = self.warmup_start_factor
+            return sf + (1.0 - sf) * k / self.warmup_iters
+        if self.decay_begin is None or k < self.decay_begin:
+            return 1.0
+        progress = min(1.0, (k - self.decay_begin) / self.decay_iters)
+        if self.decay_shape == "cosine":
+            drop = (1.0 - math.cos(math.pi * progress)) / 2.0
+        elif self.decay_shape == "sqrt":
+            drop = math.sqrt(progress)
+        else:
+            drop = progress
+        return 1.0 - (1.0 - self.min_ratio) * drop
+
+    def next_values(self, current: Values, base: Values, extras: Extras, k: int) -> Values:
+        factor = self._factor(k)
+        return [b * factor for b in base]
 
 
 # ReduceOnPlateau: its counters live in the replay state as [best, num_bad, cooldown].

@@ -1,0 +1,334 @@
+"""Live changes to a job's schedule: one mechanism, reschedule from iteration s.
+
+A change (an ``Override``) takes effect at iteration ``s`` (``from_iteration``) for some
+params of some param groups, in one of three modes:
+
+* ``replace``: a new list of MMEngine scheduler configs replaces the remaining schedule.
+  Its ``begin``/``end`` count from s (iteration 0 of the change is s; epochs are
+  ``epoch_length`` iterations counted from s) and it starts from the values in force
+  at s, or from ``start_values``. No configs means hold (or set, with start values).
+* ``multiply``: the configs shape a factor (starting at 1.0, or ``start_values``) that
+  multiplies the current curve: scaling keeps the curve's shape, a re-warm ramps the
+  factor from a fraction back to 1.
+* ``stretch``: the remaining curve from s is resampled onto a new length
+  (``max_iters``), keeping the value at s and the final value: extend or shorten
+  training.
+
+A job's values are its base timeline with every change applied in order; each change
+reads the values the earlier ones produce. Values are still a pure function of the
+job's record, and a change never touches an iteration before its s.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from .config import JobSpec, build_job_spec
+from .errors import ConfigError, DecisionPending
+from .replay import Decisions
+from .timeline import GroupValues, Timeline
+
+MODES = ("replace", "multiply", "stretch")
+
+
+def _fail(reason: str, field: str) -> ConfigError:
+    return ConfigError(reason, field=field)
+
+
+@dataclass(frozen=True)
+class Override:
+    """One validated change, with the timeline of its configs (``replace``/``multiply``)."""
+
+    start: int
+    mode: str
+    params: tuple[str, ...]
+    groups: tuple[int, ...]
+    max_iters: int
+    data: dict[str, Any]
+    timeline: Timeline | None
+    initial: tuple[dict[str, float], ...] = ()  # per group: the change's values at s
+
+
+class Layer:
+    """Values of a job up to and including some overrides (the base layer has none)."""
+
+    max_iters: int
+    params: tuple[str, ...]
+    num_groups: int
+
+    def values_range(self, start: int, stop: int, decisions: Decisions) -> list[GroupValues]:
+        """Values for [start, stop); shorter when a decision is pending (never raises)."""
+        raise NotImplementedError  # pragma: no cover
+
+
+
+class BaseLayer(Layer):
+    def __init__(self, timeline: Timeline) -> None:
+        self.timeline = timeline
+        self.max_iters = timeline.spec.max_iters
+        self.params = timeline.spec.params
+        self.num_groups = timeline.spec.num_groups
+
+    def values_range(self, start: int, stop: int, decisions: Decisions) -> list[GroupValues]:
+        stop = min(stop, self.max_iters + 1)
+        if start >= stop:
+            return []
+        return self.timeline.values_range(start, stop, decisions, partial=True)
+
+
+class OverrideLayer(Layer):
+    def __init__(self, below: Layer, override: Override,
+                 constants: list[dict[str, float]]) -> None:
+        self.below = below
+        self.override = override
+        self.constants = constants
+        self.max_iters = override.max_iters
+        self.params = tuple(dict.fromkeys(below.params + override.params))
+        self.num_groups = below.num_groups
+
+    def values_range(self, start: int, stop: int, decisions: Decisions) -> list[GroupValues]:
+        stop = min(stop, self.max_iters + 1)
+        if start >= stop:
+            return []
+        o = self.override
+        s = o.start
+        under = (self._stretched(start, stop, decisions) if o.mode == "stretch"
+                 else self._below(start, stop, decisions))
+        out = [self._complete(row) for row in under[: max(0, s - start)]]
+        if len(under) < stop - start or stop <= s:
+            return out if stop <= s else out + self._apply(under, start, len(under), decisions)
+        return out + self._apply(under, start, stop - start, decisions)
+
+    def _apply(self, under: list[GroupValues], start: int, count: int,
+               decisions: Decisions) -> list[GroupValues]:
+        """Rows ``max(start, s) .. start+count-1`` with this change applied."""
+        o = self.override
+        first = max(start, o.start)
+        stop = start + count
+        if first >= stop:
+            return []
+        if o.mode == "stretch":
+            mine: list[GroupValues] = under[first - start:stop - start]
+        else:
+            assert o.timeline is not None
+            mine = o.timeline.values_range(first - o.start, stop - o.start, decisions,
+                                           partial=True)
+        out = []
+        for offset, step in enumerate(mine):
+            row = self._complete(under[first - start + offset])
+            for g in o.groups:
+                for p in o.params:
+                    value = step[g][p] if p in step[g] else o.initial[g][p]
+                    row[g][p] = row[g][p] * value if o.mode == "multiply" else value
+            out.append(row)
+        return out
+
+    def _complete(self, row: GroupValues) -> GroupValues:
+        """A copy of ``row`` with every param of this layer (new ones at their constant
+        initial value, which nothing below changed)."""
+        out = []
+        for g, values in enumerate(row):
+            merged = dict(values)
+            for p in self.override.params:
+                merged.setdefault(p, self.constants[g][p])
+            out.append(merged)
+        return out
+
+    def _below(self, start: int, stop: int, decisions: Decisions) -> list[GroupValues]:
+        """The layer below; past its end (an extended job) its last values are held."""
+        below_end = self.below.max_iters + 1
+        got = self.below.values_range(start, min(stop, below_end), decisions)
+        if stop <= below_end or len(got) < max(0, min(stop, below_end) - start):
+            return got
+        if got:
+            last = got[-1]
+        else:
+            tail = self.below.values_range(below_end - 1, below_end, decisions)
+            if not tail:
+                return got
+            last = tail[0]
+        return got + [last] * (stop - max(start, below_end))
+
+    def _stretched(self, start: int, stop: int, decisions: Decisions) -> list[GroupValues]:
+        """The layer below resampled onto this layer's length from s on."""
+        s = self.override.start
+        old_rest = self.below.max_iters - s
+        new_rest = self.max_iters - s
+        out: list[GroupValues] = []
+        if start < s:
+            out = self.below.values_range(start, min(stop, s), decisions)
+            if len(out) < min(stop, s) - start:
+                return out
+        for t in range(max(start, s), stop):
+            source = s + (t - s) * old_rest // new_rest if new_rest else s
+            got = self.below.values_range(source, source + 1, decisions)
+            if not got:
+                break
+            out.append(got[0])
+        return out
+
+
+class Schedule:
+    """A job's values: its base timeline plus every override, in order."""
+
+    def __init__(self, spec: JobSpec, overrides: Sequence[Mapping[str, Any]] = ()) -> None:
+        self.spec = spec
+        self.base = Timeline(spec)
+        self.top: Layer = BaseLayer(self.base)
+        self.overrides: list[Override] = []
+        for i, data in enumerate(overrides):
+            self.add(build_override(self, data, decisions={}, where=f"overrides[{i}]"))
+
+    @property
+    def max_iters(self) -> int:
+        return self.top.max_iters
+
+    @property
+    def params(self) -> tuple[str, ...]:
+        return self.top.params
+
+    def add(self, override: Override) -> None:
+        self.overrides.append(override)
+        self.top = OverrideLayer(self.top, override, _available_params(self.spec))
+
+    def values_range(self, start: int, stop: int, decisions: Decisions) -> list[GroupValues]:
+        """Values for [start, stop) clipped to the job's end; shorter at a pending decision."""
+        return self.top.values_range(start, stop, decisions)
+
+    def values_at(self, t: int, decisions: Decisions) -> GroupValues:
+        got = self.top.values_range(t, t + 1, decisions)
+        if not got:
+            length = self.spec.epoch_length or 1
+            raise DecisionPending(t // length - 1, t)
+        return got[0]
+
+    def needs_decision(self, epoch: int) -> bool:
+        return self.base.needs_decision(epoch)
+
+    def check_metrics(self, epoch: int, metrics: Any) -> None:
+        self.base.check_metrics(epoch, metrics)
+
+
+def build_override(
+    schedule: Schedule, data: Mapping[str, Any], *, decisions: Decisions, where: str = "change"
+) -> Override:
+    """Validate a change against a job's current schedule (raises ConfigError)."""
+    spec = schedule.spec
+    known = ("from_iteration", "mode", "param_scheduler", "params", "groups", "start_values",
+             "max_iters")
+    for key in data:
+        if key not in known:
+            raise _fail(f"unknown field (known: {', '.join(known)})", f"{where}.{key}")
+    s = data.get("from_iteration")
+    if isinstance(s, bool) or not isinstance(s, int) or not 0 <= s <= schedule.max_iters:
+        raise _fail(f"must be an iteration in [0, {schedule.max_iters}], got {s!r}",
+                    f"{where}.from_iteration")
+    if schedule.overrides and s < schedule.overrides[-1].start:
+        raise _fail(f"must not be before the previous change's iteration "
+                    f"{schedule.overrides[-1].start}", f"{where}.from_iteration")
+    mode = data.get("mode", "replace")
+    if mode not in MODES:
+        raise _fail(f"must be one of {', '.join(MODES)}, got {mode!r}", f"{where}.mode")
+    max_iters = data.get("max_iters")
+    if max_iters is not None and (isinstance(max_iters, bool) or not isinstance(max_iters, int)
+                                  or max_iters <= s):
+        raise _fail(f"must be an integer after from_iteration ({s}), got {max_iters!r}",
+                    f"{where}.max_iters")
+    new_max = max_iters if max_iters is not None else schedule.max_iters
+    groups = _groups(data.get("groups"), spec.num_groups, f"{where}.groups")
+    start_values = data.get("start_values") or {}
+    if not isinstance(start_values, Mapping):
+        raise _fail("must be an object of param -> value", f"{where}.start_values")
+    for name, value in start_values.items():
+        if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(
+                value):
+            raise _fail(f"must be a finite number, got {value!r}", f"{where}.start_values.{name}")
+    configs = data.get("param_scheduler") or []
+    if mode == "stretch":
+        if max_iters is None:
+            raise _fail("a stretch needs the new max_iters", f"{where}.max_iters")
+        if configs or start_values:
+            raise _fail("a stretch takes no configs or start values", f"{where}.mode")
+        params = _params(data.get("params"), schedule.params, schedule.params, where)
+        return Override(s, mode, params, groups, new_max, dict(data), None)
+    if max_iters is not None and max_iters > schedule.max_iters and mode != "replace":
+        raise _fail("extending a job needs mode 'replace' or 'stretch'", f"{where}.mode")
+    available = _available_params(spec)
+    # The sub-job: starts from the values in force at s (replace) or a factor of 1.0.
+    try:
+        current = schedule.values_at(s, decisions)
+    except DecisionPending as exc:
+        raise _fail(f"the values at iteration {s} wait for a validation decision; "
+                    f"change from a later iteration ({exc})", f"{where}.from_iteration") from None
+    initial = []
+    for g in range(spec.num_groups):
+        values = {p: (1.0 if mode == "multiply" else v) for p, v in available[g].items()}
+        for p in schedule.params:
+            values[p] = 1.0 if mode == "multiply" else current[g][p]
+        for name, value in start_values.items():
+            if name not in values:
+                raise _fail(f"unknown param {name!r} (the groups have {sorted(values)})",
+                            f"{where}.start_values.{name}")
+            values[name] = value
+        initial.append(values)
+    remaining = new_max - s
+    length = spec.epoch_length
+    try:
+        sub = build_job_spec(
+            configs, initial, epoch_length=length,
+            max_epochs=-(-remaining // length) if spec.epoch_based and length else None,
+            max_iters=None if spec.epoch_based and length else remaining)
+    except ConfigError as exc:
+        raise ConfigError(exc.reason, field=exc.field.removeprefix(f"param_scheduler[{exc.index}].")
+                          if exc.index is not None else exc.field,
+                          index=exc.index, scheduler_type=exc.scheduler_type) from None
+    if any(x.is_plateau for x in sub.schedulers):
+        raise _fail("ReduceOnPlateau cannot be used in a change", f"{where}.param_scheduler")
+    default = tuple(dict.fromkeys(sub.params + tuple(start_values)))
+    if max_iters is not None:
+        default = tuple(dict.fromkeys(schedule.params + default))
+    params = _params(data.get("params"), default, tuple(available[0]), where)
+    if not params:
+        raise _fail("nothing to change: give configs, start_values or params",
+                    f"{where}.param_scheduler")
+    missing = [p for p in params if p not in sub.params and p not in start_values
+               and mode == "multiply"]
+    if missing:
+        raise _fail(f"{missing} have no factor configs or start values", f"{where}.params")
+    return Override(s, mode, params, groups, new_max, dict(data), Timeline(sub), tuple(initial))
+
+
+def _available_params(spec: JobSpec) -> list[dict[str, float]]:
+    """The numeric values a change may schedule, per group (momentum from betas[0])."""
+    out = []
+    for group in spec.initial_values:
+        values = {k: v for k, v in group.items() if k != "betas"}
+        if "betas" in group and "momentum" not in values:
+            values["momentum"] = group["betas"][0]
+        out.append(values)
+    return out
+
+
+def _groups(raw: Any, num_groups: int, field: str) -> tuple[int, ...]:
+    if raw is None or raw == []:
+        return tuple(range(num_groups))
+    if not isinstance(raw, list) or not all(
+            isinstance(g, int) and not isinstance(g, bool) and 0 <= g < num_groups for g in raw):
+        raise _fail(f"must be a list of group indices in [0, {num_groups - 1}], got {raw!r}", field)
+    return tuple(sorted(set(raw)))
+
+
+def _params(raw: Any, default: tuple[str, ...], allowed: tuple[str, ...],
+            where: str) -> tuple[str, ...]:
+    if raw is None or raw == []:
+        return default
+    if not isinstance(raw, list) or not all(isinstance(p, str) for p in raw):
+        raise _fail("must be a list of param names", f"{where}.params")
+    unknown = [p for p in raw if p not in allowed]
+    if unknown:
+        raise _fail(f"unknown params {unknown} (the groups have {sorted(allowed)})",
+                    f"{where}.params")
+    return tuple(dict.fromkeys(raw))
