@@ -16,6 +16,7 @@ from typing import Any
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
 from .store import JobRecord, JobStore
+from .store.base import JsonObjects
 
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 10)
 ACTIVE_WINDOW_SECONDS = 300.0
@@ -93,14 +94,23 @@ class InstrumentedStore:
     async def list(self, prefix: str = "", after: str = "", limit: int = 100) -> list[JobRecord]:
         return await self._timed("list", self.inner.list(prefix, after, limit))
 
-    async def delete(self, job_id: str) -> bool:
-        return await self._timed("delete", self.inner.delete(job_id))
+    async def delete(self, job_id: str, audit_entry: dict[str, Any] | None = None) -> bool:
+        return await self._timed("delete", self.inner.delete(job_id, audit_entry))
 
     async def report(self, job_id: str, **kwargs: Any) -> JobRecord:
         return await self._timed("report", self.inner.report(job_id, **kwargs))
 
     async def load_state(self, job_id: str, **kwargs: Any) -> tuple[JobRecord, bool]:
         return await self._timed("load_state", self.inner.load_state(job_id, **kwargs))
+
+    async def reschedule(self, job_id: str, **kwargs: Any) -> JobRecord:
+        return await self._timed("reschedule", self.inner.reschedule(job_id, **kwargs))
+
+    async def append_audit(self, job_id: str, entry: dict[str, Any]) -> None:
+        await self._timed("append_audit", self.inner.append_audit(job_id, entry))
+
+    async def audit(self, job_id: str) -> JsonObjects:
+        return await self._timed("audit", self.inner.audit(job_id))
 
     async def close(self) -> None:
         await self.inner.close()

@@ -3,7 +3,7 @@
 A job's values at iteration t are a pure function of (spec, generation, decisions),
 so every rank gets the same values whatever the order, timing or duplication of their
 reports, and any server process can answer for any job. The store holds that record;
-this process only caches parsed specs and timelines.
+this process only caches parsed specs and schedules.
 
 Immutability: a plan never runs past an epoch end whose ReduceOnPlateau decision is
 not recorded yet, and a decision is written once (the store's first writer wins), so a
@@ -32,15 +32,19 @@ from .schedules import (
     Timeline,
     build_job_spec,
 )
+from .schedules.reschedule import Schedule, build_override, resolved
 from .store import (
+    ChangeConflict,
     JobNotFound,
     JobRecord,
     JobStore,
     StaleGeneration,
     StoreUnavailable,
+    TooEarly,
     canonical_json,
     content_hash,
 )
+from .store.base import JsonObjects
 
 JOB_ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 STATE_FORMAT = 1
@@ -137,18 +141,48 @@ class Plan:
     waits_for_epoch: int | None = None
 
 
+def plan_of(spec: JobSpec, schedule: Schedule, start: int, stop: int,
+            values: list[GroupValues], generation: int) -> Plan:
+    """A plan; when it stops short of ``stop``, it says which epoch's decision it waits on."""
+    waits: int | None = None
+    if start + len(values) < stop and spec.epoch_length:
+        waits = (start + len(values)) // spec.epoch_length - 1
+    return Plan(start, schedule.params, spec.num_groups, values, generation, waits)
+
+
+@dataclass(frozen=True)
+class RescheduleResult:
+    view: JobView
+    from_iteration: int
+    before: Plan
+    after: Plan
+    applied: bool
+    audit: dict[str, Any]
+    before_at: list[dict[str, float]]  # per group: the changed params' values at s, before
+    after_at: list[dict[str, float]]  # ... and after
+
+
 @dataclass(frozen=True)
 class JobView:
     record: JobRecord
     spec: JobSpec
+    max_iters: int  # after changes that extend or shorten training
+    params: tuple[str, ...]  # scheduled params, changes included
+
+    @classmethod
+    def of(cls, record: JobRecord, entry: _Loaded) -> JobView:
+        schedule = entry.schedule
+        return cls(record, entry.spec, schedule.max_iters, schedule.params)
 
 
 @dataclass
 class _Loaded:
     spec_hash: str
     generation: int
+    num_changes: int
     spec: JobSpec
-    timeline: Timeline
+    schedule: Schedule
+    overrides: list[dict[str, Any]]
 
 
 def check_job_id(job_id: str, field: str = "job_id") -> str:
@@ -204,6 +238,8 @@ def parse_spec(data: Mapping[str, Any], prefix: str = "spec",
             epoch_length=data.get("epoch_length"),
             max_epochs=data.get("max_epochs"),
             max_iters=data.get("max_iters"),
+            bounds=data.get("bounds"),
+            max_jump_factor=data.get("max_jump_factor"),
         )
     except ConfigError as exc:
         raise _config_error(exc, prefix) from None
@@ -252,15 +288,28 @@ class SchedulerService:
             entry is None
             or entry.spec_hash != record.spec_hash
             or entry.generation != record.generation
+            or entry.num_changes != record.num_changes
         ):
             spec = self._spec_for(record)
-            entry = _Loaded(record.spec_hash, record.generation, spec, Timeline(spec))
+            if record.overrides is None:  # a reply that left out changes we should hold
+                raise AssertionError("record without its changes for an uncached schedule")
+            overrides = list(record.overrides)
+            entry = _Loaded(record.spec_hash, record.generation, record.num_changes, spec,
+                            self._schedule(spec, overrides, record), overrides)
             self._jobs[record.job_id] = entry
             if len(self._jobs) > self.cache_size:
                 self._jobs.popitem(last=False)
         else:
             self._jobs.move_to_end(record.job_id)
         return entry
+
+    @staticmethod
+    def _schedule(spec: JobSpec, overrides: list[dict[str, Any]], record: JobRecord) -> Schedule:
+        schedule = Schedule(spec)
+        for i, data in enumerate(overrides):
+            schedule.add(build_override(schedule, data, decisions=record.decisions,
+                                        where=f"stored change {i}"))
+        return schedule
 
     def _forget(self, job_id: str) -> None:
         self._jobs.pop(job_id, None)
@@ -287,23 +336,20 @@ class SchedulerService:
         start: int,
         stop: int,
     ) -> Plan:
-        spec = entry.spec
-        stop = min(stop, spec.max_iters + 1)
-        if start > spec.max_iters:
+        spec, schedule = entry.spec, entry.schedule
+        stop = min(stop, schedule.max_iters + 1)
+        if start > schedule.max_iters:
             raise InvalidArgument(
-                f"iteration {start} is past the end of training ({spec.max_iters})",
+                f"iteration {start} is past the end of training ({schedule.max_iters})",
                 field="iteration")
         try:
-            values = entry.timeline.values_range(start, stop, record.decisions, partial=True)
+            values = schedule.values_range(start, stop, record.decisions)
         except ValueError:
-            # Decisions disagree with what this cached timeline saw (the job was deleted
+            # Decisions disagree with what this cached schedule saw (the job was deleted
             # and recreated meanwhile): start over from the stored record.
-            entry.timeline = Timeline(spec)
-            values = entry.timeline.values_range(start, stop, record.decisions, partial=True)
-        waits: int | None = None
-        if start + len(values) < stop and spec.epoch_length:
-            waits = (start + len(values)) // spec.epoch_length - 1
-        return Plan(start, spec.params, spec.num_groups, values, record.generation, waits)
+            entry.schedule = self._schedule(spec, entry.overrides, record)
+            values = entry.schedule.values_range(start, stop, record.decisions)
+        return plan_of(spec, schedule, start, stop, values, record.generation)
 
     # -- jobs -----------------------------------------------------------------------
     async def attach(
@@ -343,9 +389,24 @@ class SchedulerService:
             if created:
                 log.info("job created", extra=self._event("created", job_id, rank, 1))
         entry = self._loaded(record)
+        # The plan from iteration 0 is handed out too: record it, so no change can alter
+        # it (and the rank shows up in the job's progress).
+        try:
+            record = await self.store.report(
+                job_id, generation=record.generation, rank=rank, iteration=0,
+                issue_until=min(size, entry.schedule.max_iters + 1),
+                known_spec_hash=entry.spec_hash, known_changes=entry.num_changes)
+        except StoreUnavailable as exc:
+            raise Unavailable(f"job store unavailable: {exc}") from None
+        except (JobNotFound, StaleGeneration) as exc:  # deleted or resumed just now
+            raise FailedPrecondition(f"job {job_id!r} changed while attaching ({exc}); "
+                                     "attach again") from None
+        if record.overrides is not None or record.spec is None:
+            record.spec = entry.spec.to_dict()
+            entry = self._loaded(record)
         plan = self._plan(entry, record, 0, size)
         self.events.plan_issued(job_id, len(plan.values))
-        return JobView(record, entry.spec), created, plan
+        return JobView.of(record, entry), created, plan
 
     @staticmethod
     def _event(event: str, job_id: str, rank: int | None, generation: int) -> dict[str, Any]:
@@ -355,7 +416,7 @@ class SchedulerService:
     async def get(self, job_id: str) -> JobView:
         check_job_id(job_id)
         record = await self._get_record(job_id)
-        return JobView(record, self._loaded(record).spec)
+        return JobView.of(record, self._loaded(record))
 
     async def list(
         self, prefix: str = "", page_size: int = 0, page_token: str = ""
@@ -378,13 +439,23 @@ class SchedulerService:
             visible.extend(r for r in records if principal.may_access(r.job_id))
         more = len(visible) > limit
         visible = visible[:limit]
-        views = [JobView(r, self._spec_for(r)) for r in visible]
+        views = [self._listed(r) for r in visible]
         return views, (visible[-1].job_id if more and visible else "")
+
+    def _listed(self, record: JobRecord) -> JobView:
+        """A listed job's view without building its schedule (cheap for long lists)."""
+        spec = self._spec_for(record)
+        max_iters, params = spec.max_iters, spec.params
+        for change in record.overrides or []:
+            max_iters = change.get("max_iters") or max_iters
+            params = tuple(dict.fromkeys(params + tuple(change.get("params") or ())))
+        return JobView(record, spec, max_iters, params)
 
     async def delete(self, job_id: str) -> bool:
         check_job_id(job_id)
+        entry = self._audit_entry("delete", 0, 0)
         try:
-            deleted = await self.store.delete(job_id)
+            deleted = await self.store.delete(job_id, entry)
         except StoreUnavailable as exc:
             raise Unavailable(f"job store unavailable: {exc}") from None
         self._forget(job_id)
@@ -424,17 +495,17 @@ class SchedulerService:
                 raise FailedPrecondition(str(StaleGeneration(job_id, generation,
                                                              record.generation)))
             entry = self._loaded(record)
-        spec = entry.spec
-        if iteration > spec.max_iters:
+        if iteration > entry.schedule.max_iters:
             raise InvalidArgument(
-                f"iteration {iteration} is past the end of training ({spec.max_iters})",
-                field="iteration")
+                f"iteration {iteration} is past the end of training "
+                f"({entry.schedule.max_iters})", field="iteration")
         decision = self._decision(entry, iteration, epoch_end, metrics)
         try:
             record = await self.store.report(
                 job_id, generation=generation, rank=rank, iteration=iteration,
-                decision=decision, issue_until=min(iteration + size, spec.max_iters + 1),
-                known_spec_hash=entry.spec_hash)
+                decision=decision,
+                issue_until=min(iteration + size, entry.schedule.max_iters + 1),
+                known_spec_hash=entry.spec_hash, known_changes=entry.num_changes)
         except StoreUnavailable as exc:
             raise Unavailable(f"job store unavailable: {exc}") from None
         except JobNotFound:
@@ -444,8 +515,11 @@ class SchedulerService:
             self._forget(job_id)
             self._fenced(job_id, rank, generation)
             raise FailedPrecondition(str(exc)) from None
-        if record.spec is not None and record.spec_hash != entry.spec_hash:
-            # The job was deleted and recreated with another spec meanwhile.
+        if record.overrides is not None or (
+                record.spec is not None and record.spec_hash != entry.spec_hash):
+            # A change came in, or the job was deleted and recreated meanwhile.
+            if record.spec is None:
+                record.spec = entry.spec.to_dict()
             entry = self._loaded(record)
         plan = self._plan(entry, record, iteration, iteration + size)
         self.events.job_reported(job_id)
@@ -484,10 +558,10 @@ class SchedulerService:
                 if not isinstance(value, int | float) or not math.isfinite(value):
                     raise InvalidArgument(f"must be a finite number, got {value!r}",
                                           field=f"metrics.{name}")
-        if not entry.timeline.needs_decision(epoch_end):
+        if not entry.schedule.needs_decision(epoch_end):
             return None
         try:
-            entry.timeline.check_metrics(epoch_end, metrics)
+            entry.schedule.check_metrics(epoch_end, metrics)
         except MetricsError as exc:
             raise InvalidArgument(exc.reason, field=exc.field) from None
         return epoch_end, (dict(metrics) if metrics is not None else None)
@@ -497,7 +571,7 @@ class SchedulerService:
         check_job_id(job_id)
         record = await self._get_record(job_id)
         entry = self._loaded(record)
-        stop = stop or entry.spec.max_iters + 1
+        stop = stop or entry.schedule.max_iters + 1
         if start < 0 or stop <= start:
             raise InvalidArgument(f"need 0 <= start < stop, got start={start}, stop={stop}",
                                   field="start_iteration")
@@ -538,10 +612,16 @@ class SchedulerService:
         """The schedule state at ``iteration`` (iterations done) as canonical JSON."""
         check_job_id(job_id)
         record = await self._get_record(job_id)
-        spec = self._loaded(record).spec
-        if not 0 <= iteration <= spec.max_iters:
+        entry = self._loaded(record)
+        spec = entry.spec
+        if not 0 <= iteration <= entry.schedule.max_iters:
             raise InvalidArgument(
-                f"must be in [0, {spec.max_iters}], got {iteration}", field="iteration")
+                f"must be in [0, {entry.schedule.max_iters}], got {iteration}",
+                field="iteration")
+        try:
+            audit = await self.store.audit(job_id)
+        except StoreUnavailable as exc:
+            raise Unavailable(f"job store unavailable: {exc}") from None
         length = spec.epoch_length or 0
         done_epochs = iteration // length if spec.epoch_based and length else 0
         decisions = {str(e): m for e, m in sorted(record.decisions.items()) if e < done_epochs}
@@ -552,6 +632,8 @@ class SchedulerService:
             "iteration": iteration,
             "spec": record.spec,
             "decisions": decisions,
+            "overrides": entry.overrides,
+            "audit": audit,
         }
         return canonical_json(state)
 
@@ -564,20 +646,29 @@ class SchedulerService:
         state = self._parse_state(state_json)
         spec = parse_spec(state["spec"], prefix="state.spec", limits=self.limits)
         canonical = spec.to_dict()
-        iteration = state["iteration"]
-        if not isinstance(iteration, int) or not 0 <= iteration <= spec.max_iters:
-            raise InvalidArgument(f"must be an integer in [0, {spec.max_iters}]",
-                                  field="state.iteration")
         decisions = self._parse_decisions(state["decisions"], spec)
+        overrides = state.get("overrides") or []
+        schedule = self._checked_changes(spec, overrides, decisions)
+        iteration = state["iteration"]
+        if not isinstance(iteration, int) or not 0 <= iteration <= schedule.max_iters:
+            raise InvalidArgument(f"must be an integer in [0, {schedule.max_iters}]",
+                                  field="state.iteration")
         generation = state["generation"]
         if not isinstance(generation, int) or generation < 1:
             raise InvalidArgument("must be an integer >= 1", field="state.generation")
+        trail = state.get("audit") or []
+        if not isinstance(trail, list) or not all(isinstance(e, dict) for e in trail):
+            raise InvalidArgument("must be a list of objects", field="state.audit")
+        entry_data = self._audit_entry("resume", iteration, generation,
+                                       details={"checkpoint_generation": generation})
         try:
             record, resumed = await self.store.load_state(
                 job_id, spec=canonical, spec_hash=content_hash(canonical),
                 decisions=decisions, progress={}, min_generation=generation + 1,
                 state_hash=content_hash(state), world_size=world_size,
-                created_at=time.time())
+                created_at=time.time(), overrides=overrides, audit_entries=trail,
+                audit_entry=entry_data,
+                issue_until=min(iteration + size, schedule.max_iters + 1))
         except StoreUnavailable as exc:
             raise Unavailable(f"job store unavailable: {exc}") from None
         entry = self._loaded(record)
@@ -586,7 +677,176 @@ class SchedulerService:
             log.info("job resumed from a checkpoint at iteration %d", iteration,
                      extra=self._event("resumed", job_id, None, record.generation))
         self.events.plan_issued(job_id, len(plan.values))
-        return JobView(record, entry.spec), plan, resumed
+        return JobView.of(record, entry), plan, resumed
+
+    def _checked_changes(self, spec: JobSpec, overrides: Any,
+                         decisions: dict[int, dict[str, float] | None]) -> Schedule:
+        if not isinstance(overrides, list) or not all(isinstance(o, dict) for o in overrides):
+            raise InvalidArgument("must be a list of changes", field="state.overrides")
+        schedule = Schedule(spec)
+        for i, data in enumerate(overrides):
+            try:
+                schedule.add(build_override(schedule, data, decisions=decisions,
+                                            where=f"overrides[{i}]"))
+            except ConfigError as exc:
+                raise _config_error(exc, "state") from None
+        return schedule
+
+    def _audit_entry(self, action: str, iteration: int, generation: int, *,
+                     details: Any = None, reason: str = "",
+                     before: Any = None, after: Any = None) -> dict[str, Any]:
+        """One audit-trail record: when, who, what, where, and the values around it."""
+        return {
+            "time": time.time(),
+            "principal": current_principal.get().name,
+            "action": action,
+            "iteration": iteration,
+            "generation": generation,
+            "details": details,
+            "reason": reason,
+            "before": before or [],
+            "after": after or [],
+        }
+
+    # -- live changes -------------------------------------------------------------------
+    async def reschedule(
+        self,
+        job_id: str,
+        change: Mapping[str, Any],
+        *,
+        dry_run: bool = False,
+        force: bool = False,
+        action: str = "reschedule",
+        reason: str = "",
+        preview: int = 100,
+    ) -> RescheduleResult:
+        """Change a job's schedule from ``change["from_iteration"]`` (default: the earliest
+        iteration no plan covers) for every rank. See ``schedules.reschedule``."""
+        check_job_id(job_id)
+        if not 0 < preview <= 100_000:
+            raise InvalidArgument("must be in [1, 100000]", field="preview_iterations")
+        for _attempt in range(3):
+            record = await self._get_record(job_id)
+            entry = self._loaded(record)
+            data = dict(change)
+            earliest = max([record.issued_until] + [o.start for o in entry.schedule.overrides])
+            if data.get("from_iteration") is None:
+                data["from_iteration"] = earliest
+            start = data["from_iteration"]
+            if isinstance(start, int) and start < earliest:
+                raise FailedPrecondition(
+                    f"job {job_id!r}: iteration {start} is too early; values up to iteration "
+                    f"{earliest - 1} were already handed out to ranks, so the earliest "
+                    f"iteration a change can take effect is {earliest}")
+            try:
+                override = build_override(entry.schedule, data, decisions=record.decisions,
+                                          where="change")
+            except ConfigError as exc:
+                raise _config_error(exc, "") from None
+            if override.mode == "replace":
+                data = resolved(entry.schedule, data, record.decisions)
+            after = Schedule(entry.spec)
+            for old in entry.schedule.overrides:
+                after.add(old)
+            after.add(override)
+            result = self._compare(entry, after, override, record, preview)
+            self._guardrails(entry.spec, after, override, result, force, record.decisions)
+            audit = self._audit_entry(action or "reschedule", override.start, record.generation,
+                                      details=data, reason=reason,
+                                      before=result.before_at, after=result.after_at)
+            if dry_run:
+                return result
+            try:
+                record = await self.store.reschedule(
+                    job_id, generation=record.generation, expected_changes=record.num_changes,
+                    override=data, audit_entry=audit)
+            except ChangeConflict:
+                continue  # another change landed meanwhile: compute this one again
+            except TooEarly as exc:
+                raise FailedPrecondition(str(exc)) from None
+            except StaleGeneration as exc:
+                raise FailedPrecondition(str(exc)) from None
+            except JobNotFound:
+                raise NotFound(f"job {job_id!r} does not exist") from None
+            except StoreUnavailable as exc:
+                raise Unavailable(f"job store unavailable: {exc}") from None
+            entry = self._loaded(record)
+            log.info("job rescheduled (%s) from iteration %d", action, override.start,
+                     extra=self._event("rescheduled", job_id, None, record.generation))
+            return RescheduleResult(JobView.of(record, entry), result.from_iteration,
+                                    result.before, result.after, True, audit,
+                                    result.before_at, result.after_at)
+        raise FailedPrecondition(f"job {job_id!r} kept changing; try again")
+
+    def _compare(self, entry: _Loaded, after: Schedule, override: Any, record: JobRecord,
+                 preview: int) -> RescheduleResult:
+        s = override.start
+        stop = s + preview
+        before_values = entry.schedule.values_range(s, stop, record.decisions)
+        after_values = after.values_range(s, stop, record.decisions)
+        before = plan_of(entry.spec, entry.schedule, s, min(stop, entry.schedule.max_iters + 1),
+                         before_values, record.generation)
+        after_plan = plan_of(entry.spec, after, s, min(stop, after.max_iters + 1), after_values,
+                             record.generation)
+
+        def at_start(values: list[GroupValues]) -> list[dict[str, float]]:
+            if not values:
+                return []
+            return [{p: g[p] for p in override.params if p in g} for g in values[0]]
+
+        return RescheduleResult(JobView.of(record, entry), s, before, after_plan, False, {},
+                                at_start(before_values), at_start(after_values))
+
+    @staticmethod
+    def _guardrails(spec: JobSpec, after: Schedule, override: Any, result: RescheduleResult,
+                    force: bool, decisions: Any) -> None:
+        """Bounds hold for every value the change produces (never forced); a jump at its
+        first iteration beyond ``max_jump_factor`` needs ``force``."""
+        SchedulerService._check_bounds(spec, after, override, decisions)
+        if spec.max_jump_factor is not None and not force:
+            for g, (old, new) in enumerate(zip(result.before_at, result.after_at, strict=False)):
+                for p, new_value in new.items():
+                    old_value = old.get(p)
+                    if old_value is None:
+                        continue
+                    low, high = sorted((abs(old_value), abs(new_value)))
+                    jump = math.inf if low == 0 and high > 0 else (high / low if low else 1.0)
+                    if jump > spec.max_jump_factor:
+                        raise FailedPrecondition(
+                            f"the change moves {p} of group {g} from {old_value!r} to "
+                            f"{new_value!r} at iteration {override.start}, a jump of "
+                            f"{jump:.3g}x beyond max_jump_factor={spec.max_jump_factor}; "
+                            "repeat with force to apply it")
+
+    @staticmethod
+    def _check_bounds(spec: JobSpec, after: Schedule, override: Any, decisions: Any) -> None:
+        bounds = {p: (lo, hi) for p, lo, hi in spec.bounds}
+        watched = [p for p in override.params if p in bounds]
+        if not watched:
+            return
+        chunk = 65_536
+        for start in range(override.start, after.max_iters + 1, chunk):
+            values = after.values_range(start, start + chunk, decisions)
+            for offset, step in enumerate(values):
+                for g in override.groups:
+                    for p in watched:
+                        lo, hi = bounds[p]
+                        v = step[g][p]
+                        if (lo is not None and v < lo) or (hi is not None and v > hi):
+                            raise InvalidArgument(
+                                f"the change takes {p} of group {g} to {v!r} at iteration "
+                                f"{start + offset}, outside the job's bounds [{lo}, {hi}]",
+                                field=f"bounds.{p}")
+            if len(values) < chunk:
+                return
+
+    async def history(self, job_id: str) -> JsonObjects:
+        """A job id's audit trail (it outlives the job)."""
+        check_job_id(job_id)
+        try:
+            return await self.store.audit(job_id)
+        except StoreUnavailable as exc:
+            raise Unavailable(f"job store unavailable: {exc}") from None
 
     @staticmethod
     def _parse_state(state_json: str) -> dict[str, Any]:

@@ -131,7 +131,7 @@ def test_redis_restart_with_aof_loses_nothing(tmp_path: Path):
         assert info.value.code() == grpc.StatusCode.UNAVAILABLE
         redis.start()
         job = stub.GetJob(pb.GetJobRequest(job_id="j"), timeout=20).job
-        assert [(p.rank, p.iteration) for p in job.progress] == [(1, 5)]
+        assert [(p.rank, p.iteration) for p in job.progress] == [(0, 0), (1, 5)]
         state = json.loads(stub.GetState(pb.GetStateRequest(job_id="j", iteration=5)).state_json)
         assert state["decisions"] == {"0": {"loss": 0.5}}
         channel.close()

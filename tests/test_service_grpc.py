@@ -221,7 +221,8 @@ def test_report_returns_the_plan_from_the_reported_iteration(stub: pb_grpc.Sched
     assert reply.plan.start_iteration == 9
     assert decode(reply.plan) == expected[9:21]  # clipped at max_iters (20) inclusive
     job = stub.GetJob(pb.GetJobRequest(job_id="j")).job
-    assert [(p.rank, p.iteration) for p in job.progress] == [(2, 9)]
+    # The attaching rank 0 shows up at iteration 0, rank 2 where it reported.
+    assert [(p.rank, p.iteration) for p in job.progress] == [(0, 0), (2, 9)]
     assert job.issued_until == 21
 
 
@@ -406,7 +407,7 @@ def test_a_restarted_server_keeps_every_job(backend: dict[str, Any]):
         )
     with serving(**backend) as (_, stub):
         job = stub.GetJob(pb.GetJobRequest(job_id="j")).job
-        assert [(p.rank, p.iteration) for p in job.progress] == [(3, 5)]
+        assert [(p.rank, p.iteration) for p in job.progress] == [(0, 0), (3, 5)]
         state = json.loads(stub.GetState(pb.GetStateRequest(job_id="j", iteration=5)).state_json)
         assert state["decisions"] == {"0": {"loss": 0.25}}
 

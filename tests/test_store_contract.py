@@ -26,6 +26,7 @@ import redis.asyncio as aioredis
 from redis.crc import key_slot
 
 from paramsched.server.store import (
+    ChangeConflict,
     EmbeddedJobStore,
     JobNotFound,
     JobRecord,
@@ -33,6 +34,7 @@ from paramsched.server.store import (
     RedisJobStore,
     StaleGeneration,
     StoreUnavailable,
+    TooEarly,
     content_hash,
     open_store,
 )
@@ -520,6 +522,124 @@ class TestJobStoreContract:
 
         store_loop.run(scenario())
 
+    # -- changes (reschedule) and the audit trail ------------------------------------
+
+    def test_reschedule_appends_a_change_and_its_audit_entry(
+        self, job_store: JobStore, store_loop: asyncio.Runner
+    ) -> None:
+        async def scenario() -> None:
+            await job_store.create(make_record(issued_until=10))
+            change = {"from_iteration": 10, "mode": "replace", "start_values": {"lr": 0.25}}
+            entry = {"action": "set", "iteration": 10, "principal": "ops"}
+            record = await job_store.reschedule("job-a", generation=1, expected_changes=0,
+                                                override=change, audit_entry=entry)
+            assert record.overrides == [change] and record.num_changes == 1
+            assert record.version == 2
+            second = {"from_iteration": 12, "mode": "multiply", "start_values": {"lr": 0.5}}
+            await job_store.reschedule("job-a", generation=1, expected_changes=1,
+                                       override=second, audit_entry={"action": "scale"})
+            stored = await job_store.get("job-a")
+            assert stored is not None and stored.overrides == [change, second]
+            assert [e["action"] for e in await job_store.audit("job-a")] == ["set", "scale"]
+
+        store_loop.run(scenario())
+
+    def test_reschedule_refuses_iterations_already_handed_out(
+        self, job_store: JobStore, store_loop: asyncio.Runner
+    ) -> None:
+        async def scenario() -> None:
+            await job_store.create(make_record())
+            await job_store.report("job-a", generation=1, rank=0, iteration=4, issue_until=20)
+            with pytest.raises(TooEarly) as info:
+                await job_store.reschedule(
+                    "job-a", generation=1, expected_changes=0,
+                    override={"from_iteration": 19}, audit_entry={"action": "x"})
+            assert info.value.issued_until == 20
+            before = await job_store.get("job-a")
+            assert before is not None and before.num_changes == 0
+            assert await job_store.audit("job-a") == []
+            await job_store.reschedule("job-a", generation=1, expected_changes=0,
+                                       override={"from_iteration": 20}, audit_entry={})
+
+        store_loop.run(scenario())
+
+    def test_reschedule_checks_generation_and_concurrent_changes(
+        self, job_store: JobStore, store_loop: asyncio.Runner
+    ) -> None:
+        async def scenario() -> None:
+            await job_store.create(make_record())
+            change = {"from_iteration": 0}
+            with pytest.raises(StaleGeneration):
+                await job_store.reschedule("job-a", generation=2, expected_changes=0,
+                                           override=change, audit_entry={})
+            with pytest.raises(ChangeConflict):
+                await job_store.reschedule("job-a", generation=1, expected_changes=3,
+                                           override=change, audit_entry={})
+            with pytest.raises(JobNotFound):
+                await job_store.reschedule("nobody", generation=1, expected_changes=0,
+                                           override=change, audit_entry={})
+            # Two changes computed against the same state: exactly one lands.
+            results = await asyncio.gather(
+                *(job_store.reschedule("job-a", generation=1, expected_changes=0,
+                                       override={"from_iteration": i}, audit_entry={"n": i})
+                  for i in range(5)), return_exceptions=True)
+            assert sum(isinstance(r, JobRecord) for r in results) == 1
+            assert all(isinstance(r, JobRecord | ChangeConflict) for r in results)
+
+        store_loop.run(scenario())
+
+    def test_report_omits_changes_the_caller_already_holds(
+        self, job_store: JobStore, store_loop: asyncio.Runner
+    ) -> None:
+        async def scenario() -> None:
+            await job_store.create(make_record())
+            await job_store.reschedule("job-a", generation=1, expected_changes=0,
+                                       override={"from_iteration": 0}, audit_entry={})
+            held = await job_store.report("job-a", generation=1, rank=0, iteration=1,
+                                          known_changes=1)
+            assert held.overrides is None and held.num_changes == 1
+            stale = await job_store.report("job-a", generation=1, rank=0, iteration=1,
+                                           known_changes=0)
+            assert stale.overrides == [{"from_iteration": 0}]
+
+        store_loop.run(scenario())
+
+    def test_the_audit_trail_outlives_the_job(
+        self, job_store: JobStore, store_loop: asyncio.Runner
+    ) -> None:
+        async def scenario() -> None:
+            await job_store.create(make_record())
+            await job_store.reschedule("job-a", generation=1, expected_changes=0,
+                                       override={"from_iteration": 0}, audit_entry={"a": 1})
+            assert await job_store.delete("job-a", {"action": "delete"}) is True
+            assert await job_store.delete("job-a", {"action": "delete"}) is False
+            assert await job_store.audit("job-a") == [{"a": 1}, {"action": "delete"}]
+            fresh, created = await job_store.create(make_record())
+            assert created and fresh.overrides == [] and fresh.num_changes == 0
+            await job_store.append_audit("job-a", {"action": "again"})
+            assert len(await job_store.audit("job-a")) == 3
+
+        store_loop.run(scenario())
+
+    def test_load_state_replaces_changes_and_restores_the_trail_into_a_fresh_store(
+        self, job_store: JobStore, store_loop: asyncio.Runner
+    ) -> None:
+        async def scenario() -> None:
+            changes = [{"from_iteration": 5}, {"from_iteration": 9}]
+            trail = [{"action": "set"}, {"action": "decay"}]
+            record, resumed = await load(job_store, overrides=changes, audit_entries=trail,
+                                         audit_entry={"action": "resume"})
+            assert resumed and record.overrides == changes and record.num_changes == 2
+            assert await job_store.audit("job-a") == [*trail, {"action": "resume"}]
+            # Loading another checkpoint into the same store: the trail is not doubled.
+            again, _ = await load(job_store, state_hash="state-400", overrides=[],
+                                  audit_entries=trail, audit_entry={"action": "resume"})
+            assert again.overrides == [] and again.num_changes == 0
+            assert [e["action"] for e in await job_store.audit("job-a")] == [
+                "set", "decay", "resume", "resume"]
+
+        store_loop.run(scenario())
+
     def test_two_stores_on_one_backend_share_jobs(
         self, open_job_store: Opener, store_loop: asyncio.Runner
     ) -> None:
@@ -571,6 +691,8 @@ class TestRedisJobStore:
             await store.create(make_record(job_id, progress={0: 1}))
             await store.report(job_id, generation=1, rank=1, iteration=2,
                                decision=(0, None))  # fmt: skip
+            await store.reschedule(job_id, generation=1, expected_changes=0,
+                                   override={"from_iteration": 2}, audit_entry={})
             await store.close()
 
         store_loop.run(scenario())
@@ -580,7 +702,7 @@ class TestRedisJobStore:
         finally:
             client.close()
         assert keys == sorted(store.job_keys(job_id))
-        assert len(keys) == 3
+        assert len(keys) == 5
         assert len({key_slot(k.encode()) for k in keys}) == 1
 
     def test_report_is_one_round_trip(

@@ -31,7 +31,9 @@ METHOD_RULES = {
     "GetValues": "scoped",
     "GetState": "scoped",
     "LoadState": "scoped",
+    "GetJobHistory": "scoped",
     "DeleteJob": "admin",
+    "RescheduleJob": "admin",
     "ListJobs": "any",
     "PreviewSchedule": "any",
 }

@@ -20,6 +20,9 @@ from paramsched.api.v1 import scheduler_pb2_grpc as pb_grpc
 from ..errors import InvalidArgument, ServiceError
 from ..service import JobView, Plan, SchedulerService
 
+MODES = {pb.RescheduleJobRequest.REPLACE: "replace", pb.RescheduleJobRequest.MULTIPLY: "multiply",
+         pb.RescheduleJobRequest.STRETCH: "stretch"}
+
 log = logging.getLogger("paramsched.server")
 
 _STATUS = {
@@ -63,13 +66,21 @@ def spec_to_dict(spec: pb.JobSpec) -> dict[str, Any]:
         if group.betas:
             values["betas"] = list(group.betas)
         groups.append(values)
-    return {
+    data: dict[str, Any] = {
         "param_scheduler": param_scheduler,
         "initial_values": groups,
         "epoch_length": spec.epoch_length if spec.HasField("epoch_length") else None,
         "max_epochs": spec.max_epochs if spec.HasField("max_epochs") else None,
         "max_iters": spec.max_iters if spec.HasField("max_iters") else None,
     }
+    if spec.bounds:
+        data["bounds"] = {
+            name: [b.min if b.HasField("min") else None, b.max if b.HasField("max") else None]
+            for name, b in spec.bounds.items()
+        }
+    if spec.HasField("max_jump_factor"):
+        data["max_jump_factor"] = spec.max_jump_factor
+    return data
 
 
 def spec_to_proto(data: dict[str, Any]) -> pb.JobSpec:
@@ -81,9 +92,15 @@ def spec_to_proto(data: dict[str, Any]) -> pb.JobSpec:
                 message.betas.extend(value)
             else:
                 message.values[key] = value
-    for key in ("epoch_length", "max_epochs", "max_iters"):
+    for key in ("epoch_length", "max_epochs", "max_iters", "max_jump_factor"):
         if data.get(key) is not None:
             setattr(spec, key, data[key])
+    for name, (low, high) in (data.get("bounds") or {}).items():
+        bounds = spec.bounds[name]
+        if low is not None:
+            bounds.min = low
+        if high is not None:
+            bounds.max = high
     return spec
 
 
@@ -109,13 +126,14 @@ def job_to_proto(view: JobView) -> pb.Job:
         spec=spec_to_proto(spec.to_dict()),
         generation=record.generation,
         world_size=record.world_size,
-        params=spec.params,
+        params=view.params,
         num_groups=spec.num_groups,
         momentum_via_betas=spec.momentum_via_betas,
-        max_iters=spec.max_iters,
+        max_iters=view.max_iters,
         version=record.version,
         created_at=record.created_at,
         issued_until=record.issued_until,
+        num_changes=record.num_changes,
     )
     if spec.epoch_length is not None:
         job.epoch_length = spec.epoch_length
@@ -199,3 +217,62 @@ class SchedulerServicer(pb_grpc.SchedulerServiceServicer):
         plan = self.service.preview(spec_to_dict(request.spec), request.start_iteration,
                                     request.stop_iteration, decisions)
         return pb.PreviewScheduleResponse(plan=plan_to_proto(plan))
+
+    @_mapped
+    async def RescheduleJob(self, request: pb.RescheduleJobRequest,
+                            context: grpc.aio.ServicerContext) -> pb.RescheduleJobResponse:
+        configs: Any = []
+        if request.param_scheduler_json:
+            try:
+                configs = json.loads(request.param_scheduler_json)
+            except ValueError as exc:
+                raise InvalidArgument(f"is not valid JSON: {exc}",
+                                      field="param_scheduler_json") from None
+        if isinstance(configs, dict):
+            configs = [configs]
+        change: dict[str, Any] = {
+            "from_iteration": (request.from_iteration if request.HasField("from_iteration")
+                               else None),
+            "mode": MODES.get(request.mode, "replace"),
+            "param_scheduler": configs,
+            "params": list(request.params),
+            "groups": list(request.groups),
+            "start_values": dict(request.start_values),
+            "max_iters": request.max_iters if request.HasField("max_iters") else None,
+        }
+        result = await self.service.reschedule(
+            request.job_id, change, dry_run=request.dry_run, force=request.force,
+            action=request.action or "reschedule", reason=request.reason,
+            preview=request.preview_iterations or 100)
+        response = pb.RescheduleJobResponse(
+            job=job_to_proto(result.view), from_iteration=result.from_iteration,
+            before=plan_to_proto(result.before), after=plan_to_proto(result.after),
+            applied=result.applied)
+        entry = result.audit or {
+            "action": request.action or "reschedule", "iteration": result.from_iteration,
+            "before": result.before_at, "after": result.after_at,
+            "details": change, "reason": request.reason}
+        response.entry.CopyFrom(audit_to_proto(entry))
+        return response
+
+    @_mapped
+    async def GetJobHistory(self, request: pb.GetJobHistoryRequest,
+                            context: grpc.aio.ServicerContext) -> pb.GetJobHistoryResponse:
+        entries = await self.service.history(request.job_id)
+        return pb.GetJobHistoryResponse(entries=[audit_to_proto(e) for e in entries])
+
+
+def audit_to_proto(entry: dict[str, Any]) -> pb.AuditEntry:
+    message = pb.AuditEntry(
+        time=float(entry.get("time") or 0.0),
+        principal=str(entry.get("principal") or ""),
+        action=str(entry.get("action") or ""),
+        iteration=int(entry.get("iteration") or 0),
+        generation=int(entry.get("generation") or 0),
+        details_json=json.dumps(entry.get("details"), sort_keys=True),
+        reason=str(entry.get("reason") or ""),
+    )
+    for side in ("before", "after"):
+        for group in entry.get(side) or []:
+            getattr(message, side).add().values.update(group)
+    return message

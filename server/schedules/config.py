@@ -164,6 +164,10 @@ class JobSpec:
     schedulers: tuple[SchedulerSpec, ...]
     params: tuple[str, ...]
     momentum_via_betas: bool
+    # Guardrails for live changes (not MMEngine): param -> (min or None, max or None),
+    # and the largest factor a change may jump a value by without being forced.
+    bounds: tuple[tuple[str, float | None, float | None], ...] = ()
+    max_jump_factor: float | None = None
 
     @property
     def epoch_based(self) -> bool:
@@ -174,13 +178,18 @@ class JobSpec:
         return len(self.initial_values)
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        data: dict[str, Any] = {
             "param_scheduler": [dict(c) for c in self.param_scheduler],
             "initial_values": [dict(g) for g in self.initial_values],
             "epoch_length": self.epoch_length,
             "max_epochs": self.max_epochs,
             "max_iters": None if self.epoch_based else self.max_iters,
         }
+        if self.bounds:
+            data["bounds"] = {p: [lo, hi] for p, lo, hi in self.bounds}
+        if self.max_jump_factor is not None:
+            data["max_jump_factor"] = self.max_jump_factor
+        return data
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> JobSpec:
@@ -190,7 +199,35 @@ class JobSpec:
             epoch_length=data.get("epoch_length"),
             max_epochs=data.get("max_epochs"),
             max_iters=data.get("max_iters"),
+            bounds=data.get("bounds"),
+            max_jump_factor=data.get("max_jump_factor"),
         )
+
+
+def _guardrails(
+    bounds: Any, max_jump_factor: Any
+) -> tuple[tuple[tuple[str, float | None, float | None], ...], float | None]:
+    out = []
+    if bounds is not None:
+        if not isinstance(bounds, Mapping):
+            raise ConfigError("must map a param name to [min, max]", field="bounds")
+        for name, pair in sorted(bounds.items()):
+            if not isinstance(pair, list | tuple) or len(pair) != 2:
+                raise ConfigError("must be [min, max] (either may be null)",
+                                  field=f"bounds.{name}")
+            try:
+                lo, hi = (f.optional(f.number())(x) for x in pair)
+            except f.Invalid as exc:
+                raise ConfigError(str(exc), field=f"bounds.{name}") from None
+            if lo is not None and hi is not None and lo > hi:
+                raise ConfigError(f"min {lo} is above max {hi}", field=f"bounds.{name}")
+            out.append((str(name), lo, hi))
+    if max_jump_factor is not None:
+        try:
+            f.number(low=1)(max_jump_factor)
+        except f.Invalid as exc:
+            raise ConfigError(str(exc), field="max_jump_factor") from None
+    return tuple(out), max_jump_factor
 
 
 def split_type(type_name: Any, index: int) -> tuple[str, str | None]:
@@ -316,6 +353,8 @@ def build_job_spec(
     epoch_length: int | None = None,
     max_epochs: int | None = None,
     max_iters: int | None = None,
+    bounds: Mapping[str, Any] | None = None,
+    max_jump_factor: float | None = None,
 ) -> JobSpec:
     """Validate a job and build its schedulers, the way MMEngine's Runner would.
 
@@ -365,6 +404,7 @@ def build_job_spec(
         specs.append(_build_one(index, type_name, kind, param, values, job))
         configs.append(dict(cfg))
     scheduled = tuple(dict.fromkeys(s.param for s in specs))
+    guard_bounds, jump = _guardrails(bounds, max_jump_factor)
     return JobSpec(
         param_scheduler=tuple(configs),
         initial_values=groups,
@@ -374,6 +414,8 @@ def build_job_spec(
         schedulers=tuple(specs),
         params=scheduled,
         momentum_via_betas=momentum_via_betas,
+        bounds=guard_bounds,
+        max_jump_factor=jump,
     )
 
 

@@ -212,13 +212,21 @@ class Schedule:
         self.base.check_metrics(epoch, metrics)
 
 
+def resolved(schedule: Schedule, data: Mapping[str, Any], decisions: Decisions) -> dict[str, Any]:
+    """``data`` with the values in force at its ``from_iteration`` written in, as stored."""
+    out = dict(data)
+    if out.get("mode", "replace") == "replace" and "resolved" not in out:
+        out["resolved"] = schedule.values_at(int(out["from_iteration"]), decisions)
+    return out
+
+
 def build_override(
     schedule: Schedule, data: Mapping[str, Any], *, decisions: Decisions, where: str = "change"
 ) -> Override:
     """Validate a change against a job's current schedule (raises ConfigError)."""
     spec = schedule.spec
     known = ("from_iteration", "mode", "param_scheduler", "params", "groups", "start_values",
-             "max_iters")
+             "max_iters", "resolved")
     for key in data:
         if key not in known:
             raise _fail(f"unknown field (known: {', '.join(known)})", f"{where}.{key}")
@@ -258,11 +266,20 @@ def build_override(
         raise _fail("extending a job needs mode 'replace' or 'stretch'", f"{where}.mode")
     available = _available_params(spec)
     # The sub-job: starts from the values in force at s (replace) or a factor of 1.0.
-    try:
-        current = schedule.values_at(s, decisions)
-    except DecisionPending as exc:
-        raise _fail(f"the values at iteration {s} wait for a validation decision; "
-                    f"change from a later iteration ({exc})", f"{where}.from_iteration") from None
+    # A stored change carries those values ("resolved"), so rebuilding it later (a
+    # resumed job whose decisions before s are not known yet) needs no replay.
+    current = data.get("resolved")
+    if current is None:
+        try:
+            current = schedule.values_at(s, decisions)
+        except DecisionPending as exc:
+            raise _fail(f"the values at iteration {s} wait for a validation decision; "
+                        f"change from a later iteration ({exc})",
+                        f"{where}.from_iteration") from None
+    elif not (isinstance(current, list) and len(current) == spec.num_groups and all(
+            isinstance(g, Mapping) and all(p in g for p in schedule.params) for g in current)):
+        raise _fail("must hold the values of every scheduled param per group",
+                    f"{where}.resolved")
     initial = []
     for g in range(spec.num_groups):
         values = {p: (1.0 if mode == "multiply" else v) for p, v in available[g].items()}

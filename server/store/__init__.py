@@ -10,12 +10,14 @@ from __future__ import annotations
 from pathlib import Path
 
 from .base import (
+    ChangeConflict,
     JobNotFound,
     JobRecord,
     JobStore,
     StaleGeneration,
     StoreError,
     StoreUnavailable,
+    TooEarly,
     canonical_json,
     content_hash,
 )
@@ -23,6 +25,7 @@ from .embedded import EmbeddedJobStore
 from .redis_store import RedisJobStore
 
 __all__ = [
+    "ChangeConflict",
     "EmbeddedJobStore",
     "JobNotFound",
     "JobRecord",
@@ -31,6 +34,7 @@ __all__ = [
     "StaleGeneration",
     "StoreError",
     "StoreUnavailable",
+    "TooEarly",
     "canonical_json",
     "content_hash",
     "open_store",

@@ -27,21 +27,25 @@ import asyncio
 import json
 import sqlite3
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
 from .base import (
+    ChangeConflict,
     JobNotFound,
     JobRecord,
     Metrics,
     StaleGeneration,
     StoreError,
     StoreUnavailable,
+    TooEarly,
     canonical_json,
 )
 
 __all__ = ["DB_FILENAME", "EmbeddedJobStore"]
+
+JsonObjects = list[dict[str, Any]]  # (a method named ``list`` shadows the builtin below)
 
 DB_FILENAME = "paramsched.sqlite3"
 
@@ -70,6 +74,18 @@ CREATE TABLE IF NOT EXISTS decisions (
     epoch   INTEGER NOT NULL,
     metrics TEXT NOT NULL,          -- canonical JSON of the metrics dict, or 'null'
     PRIMARY KEY (job_id, epoch)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS changes (
+    job_id TEXT NOT NULL,
+    seq    INTEGER NOT NULL,        -- 0, 1, ... in the order they were applied
+    data   TEXT NOT NULL,           -- canonical JSON of the change
+    PRIMARY KEY (job_id, seq)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS audit (
+    job_id TEXT NOT NULL,           -- not removed with the job: the trail outlives it
+    seq    INTEGER NOT NULL,
+    entry  TEXT NOT NULL,
+    PRIMARY KEY (job_id, seq)
 ) WITHOUT ROWID;
 """
 
@@ -168,7 +184,9 @@ class EmbeddedJobStore:
         return await asyncio.to_thread(self._call, fn, write=write)
 
     @staticmethod
-    def _read(conn: sqlite3.Connection, job_id: str, *, with_spec: bool = True) -> JobRecord | None:
+    def _read(
+        conn: sqlite3.Connection, job_id: str, *, with_spec: bool = True, known_changes: int = -1
+    ) -> JobRecord | None:
         row = conn.execute(
             f"SELECT {_JOB_COLUMNS} FROM jobs WHERE job_id = ?", (job_id,)
         ).fetchone()
@@ -181,6 +199,13 @@ class EmbeddedJobStore:
         decisions = conn.execute(
             "SELECT epoch, metrics FROM decisions WHERE job_id = ?", (job_id,)
         ).fetchall()
+        (num_changes,) = conn.execute(
+            "SELECT count(*) FROM changes WHERE job_id = ?", (job_id,)
+        ).fetchone()
+        overrides = None
+        if num_changes != known_changes:
+            overrides = [json.loads(data) for (data,) in conn.execute(
+                "SELECT data FROM changes WHERE job_id = ? ORDER BY seq", (job_id,))]
         return JobRecord(
             job_id=job_id,
             spec=json.loads(spec) if with_spec else None,
@@ -193,14 +218,17 @@ class EmbeddedJobStore:
             progress={int(rank): int(iterations) for rank, iterations in progress},
             decisions={int(epoch): json.loads(metrics) for epoch, metrics in decisions},
             resumed_from=resumed,
+            overrides=overrides,
+            num_changes=int(num_changes),
         )
 
     @classmethod
     def _read_existing(
-        cls, conn: sqlite3.Connection, job_id: str, *, with_spec: bool = True
+        cls, conn: sqlite3.Connection, job_id: str, *, with_spec: bool = True,
+        known_changes: int = -1,
     ) -> JobRecord:
         """Read a job this transaction just saw or wrote (it cannot have vanished)."""
-        record = cls._read(conn, job_id, with_spec=with_spec)
+        record = cls._read(conn, job_id, with_spec=with_spec, known_changes=known_changes)
         if record is None:
             raise JobNotFound(job_id)
         return record
@@ -276,13 +304,17 @@ class EmbeddedJobStore:
 
         return await self._run(op, write=False)
 
-    async def delete(self, job_id: str) -> bool:
-        """Remove every row of the job. Returns whether it existed."""
+    async def delete(self, job_id: str, audit_entry: dict[str, Any] | None = None) -> bool:
+        """Remove every row of the job but its audit trail. Returns whether it existed."""
+        entry = canonical_json(audit_entry) if audit_entry is not None else None
 
         def op(conn: sqlite3.Connection) -> bool:
             existed = conn.execute("DELETE FROM jobs WHERE job_id = ?", (job_id,)).rowcount > 0
             conn.execute("DELETE FROM progress WHERE job_id = ?", (job_id,))
             conn.execute("DELETE FROM decisions WHERE job_id = ?", (job_id,))
+            conn.execute("DELETE FROM changes WHERE job_id = ?", (job_id,))
+            if existed and entry is not None:
+                self._append_audit(conn, job_id, [entry])
             return existed
 
         return await self._run(op, write=True)
@@ -297,6 +329,7 @@ class EmbeddedJobStore:
         decision: tuple[int, Metrics | None] | None = None,
         issue_until: int = 0,
         known_spec_hash: str = "",
+        known_changes: int = -1,
     ) -> JobRecord:
         """Record a rank's progress atomically; see ``JobStore.report``."""
         decision_row = (
@@ -330,7 +363,8 @@ class EmbeddedJobStore:
                 (int(issue_until), job_id),
             )
             with_spec = not (known_spec_hash and known_spec_hash == spec_hash)
-            return self._read_existing(conn, job_id, with_spec=with_spec)
+            return self._read_existing(conn, job_id, with_spec=with_spec,
+                                       known_changes=known_changes)
 
         return await self._run(op, write=True)
 
@@ -346,6 +380,10 @@ class EmbeddedJobStore:
         state_hash: str,
         world_size: int,
         created_at: float,
+        overrides: JsonObjects | None = None,
+        audit_entries: JsonObjects | None = None,
+        audit_entry: dict[str, Any] | None = None,
+        issue_until: int = 0,
     ) -> tuple[JobRecord, bool]:
         """Resume a job from a checkpoint state; see ``JobStore.load_state``.
 
@@ -354,7 +392,10 @@ class EmbeddedJobStore:
         ``version`` is bumped like on every change.
         """
         spec_json = canonical_json(spec)
-        issued_until = max(progress.values(), default=0)
+        issued_until = max(max(progress.values(), default=0), issue_until)
+        changes = [canonical_json(o) for o in overrides or []]
+        restored = [canonical_json(e) for e in audit_entries or []]
+        entry = canonical_json(audit_entry) if audit_entry is not None else None
 
         def op(conn: sqlite3.Connection) -> tuple[JobRecord, bool]:
             row = conn.execute(
@@ -396,9 +437,70 @@ class EmbeddedJobStore:
                     ),
                 )
             self._write_children(conn, job_id, progress, decisions)
+            conn.execute("DELETE FROM changes WHERE job_id = ?", (job_id,))
+            conn.executemany("INSERT INTO changes (job_id, seq, data) VALUES (?, ?, ?)",
+                             [(job_id, i, data) for i, data in enumerate(changes)])
+            (trail,) = conn.execute("SELECT count(*) FROM audit WHERE job_id = ?",
+                                    (job_id,)).fetchone()
+            self._append_audit(conn, job_id, ([] if trail else restored)
+                               + ([entry] if entry is not None else []))
             return self._read_existing(conn, job_id), True
 
         return await self._run(op, write=True)
+
+    @staticmethod
+    def _append_audit(conn: sqlite3.Connection, job_id: str, entries: Sequence[str]) -> None:
+        (next_seq,) = conn.execute("SELECT coalesce(max(seq) + 1, 0) FROM audit WHERE job_id = ?",
+                                   (job_id,)).fetchone()
+        conn.executemany("INSERT INTO audit (job_id, seq, entry) VALUES (?, ?, ?)",
+                         [(job_id, next_seq + i, e) for i, e in enumerate(entries)])
+
+    async def reschedule(
+        self,
+        job_id: str,
+        *,
+        generation: int,
+        expected_changes: int,
+        override: dict[str, Any],
+        audit_entry: dict[str, Any],
+    ) -> JobRecord:
+        """Append a change and its audit entry atomically; see ``JobStore.reschedule``."""
+        data, entry = canonical_json(override), canonical_json(audit_entry)
+        start = int(override["from_iteration"])
+
+        def op(conn: sqlite3.Connection) -> JobRecord:
+            row = conn.execute("SELECT generation, issued_until FROM jobs WHERE job_id = ?",
+                               (job_id,)).fetchone()
+            if row is None:
+                raise JobNotFound(job_id)
+            stored_generation, issued_until = row
+            if stored_generation != generation:
+                raise StaleGeneration(job_id, generation, stored_generation)
+            (count,) = conn.execute("SELECT count(*) FROM changes WHERE job_id = ?",
+                                    (job_id,)).fetchone()
+            if count != expected_changes:
+                raise ChangeConflict(job_id, expected_changes, count)
+            if issued_until > start:
+                raise TooEarly(job_id, start, issued_until)
+            conn.execute("INSERT INTO changes (job_id, seq, data) VALUES (?, ?, ?)",
+                         (job_id, count, data))
+            conn.execute("UPDATE jobs SET version = version + 1 WHERE job_id = ?", (job_id,))
+            self._append_audit(conn, job_id, [entry])
+            return self._read_existing(conn, job_id)
+
+        return await self._run(op, write=True)
+
+    async def append_audit(self, job_id: str, entry: dict[str, Any]) -> None:
+        data = canonical_json(entry)
+        await self._run(lambda conn: self._append_audit(conn, job_id, [data]), write=True)
+
+    async def audit(self, job_id: str) -> JsonObjects:
+        def op(conn: sqlite3.Connection) -> JsonObjects:
+            rows = conn.execute("SELECT entry FROM audit WHERE job_id = ? ORDER BY seq",
+                                (job_id,)).fetchall()
+            return [json.loads(entry) for (entry,) in rows]
+
+        return await self._run(op, write=False)
 
     async def close(self) -> None:
         """Close the connection; later calls raise ``StoreUnavailable``. Idempotent."""

@@ -6,6 +6,8 @@ Layout (``P`` is the prefix, ``J`` the job id)::
                            world_size, created_at, issued_until, resumed_from
     P:{J}:progress   hash  rank -> iterations done
     P:{J}:decisions  hash  epoch -> canonical JSON of the metrics, or "null"
+    P:{J}:changes    list  the job's changes (reschedules), canonical JSON, in order
+    P:{J}:audit      list  the audit trail, canonical JSON; kept when the job is deleted
     P:jobs           zset  job ids, all scores 0 (the index behind ``list``)
 
 Why it is shaped like this:
@@ -29,42 +31,66 @@ Why it is shaped like this:
 * Connection failures, timeouts, a loading or read-only server become
   ``StoreUnavailable``; any other Redis error ``StoreError``. Nothing from redis-py
   leaks out.
+
+Redis Cluster: a URL ``redis+cluster://host:port`` (``rediss+cluster://`` with TLS)
+selects ``redis.asyncio.cluster.RedisCluster``; ``host:port`` is any node, the client
+discovers the others and routes each command by the slot of its keys. Nothing else
+changes: each script's keys share the job's slot, so EVALSHA goes to the job's master
+(a NOSCRIPT there is answered by SCRIPT LOAD on every master, then a retry); the index
+is a single key, so ZADD/ZREM/ZRANGEBYLEX go to its own master. ``list`` reads the
+jobs of a page concurrently (a pipeline cannot load scripts across masters). The
+cluster client opens at most ``max_connections`` connections per node and fails
+rather than waits beyond that, so the store bounds its commands in flight instead.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Iterator, Sequence
+from contextlib import asynccontextmanager, contextmanager
 from typing import Any
 
 import redis.asyncio as aioredis
 from redis import exceptions as redis_errors
+from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
 
 from .base import (
+    ChangeConflict,
     JobNotFound,
     JobRecord,
     Metrics,
     StaleGeneration,
     StoreError,
     StoreUnavailable,
+    TooEarly,
     canonical_json,
 )
 
-__all__ = ["RedisJobStore"]
+__all__ = ["CLUSTER_SCHEMES", "RedisJobStore", "cluster_url"]
 
-# A Lua helper prepended to every script that returns a record. KEYS[1..3] are the
-# job, progress and decisions keys. The reply is {fields, spec or false, progress
-# (flat field/value list), decisions (flat)}; ``false`` becomes a nil reply.
+JsonObjects = list[dict[str, Any]]  # (a method named ``list`` shadows the builtin below)
+
+# URL schemes that select Redis Cluster, and the plain scheme redis-py parses instead.
+CLUSTER_SCHEMES = {"redis+cluster": "redis", "rediss+cluster": "rediss"}
+
+# A Lua helper prepended to every script that returns a record. KEYS[1..5] are the
+# job, progress, decisions, changes and audit keys. The reply is {fields, spec or
+# false, progress (flat field/value list), decisions (flat), number of changes, the
+# changes or false (when the caller holds ``known`` of them)}; ``false`` is nil.
 _LUA_READ_JOB = """
-local function read_job(with_spec)
+local function read_job(with_spec, known)
   local fields = redis.call('HMGET', KEYS[1], 'spec_hash', 'generation', 'version',
     'world_size', 'created_at', 'issued_until', 'resumed_from')
   local spec = false
   if with_spec then spec = redis.call('HGET', KEYS[1], 'spec') end
-  return {fields, spec, redis.call('HGETALL', KEYS[2]), redis.call('HGETALL', KEYS[3])}
+  local count = redis.call('LLEN', KEYS[4])
+  local changes = false
+  if count ~= known then changes = redis.call('LRANGE', KEYS[4], 0, -1) end
+  return {fields, spec, redis.call('HGETALL', KEYS[2]), redis.call('HGETALL', KEYS[3]),
+    count, changes}
 end
 
 local function write_children(first)
@@ -87,7 +113,7 @@ _READ_SCRIPT = (
     _LUA_READ_JOB
     + """
 if redis.call('EXISTS', KEYS[1]) == 0 then return false end
-return read_job(true)
+return read_job(true, -1)
 """
 )
 
@@ -96,7 +122,7 @@ return read_job(true)
 _CREATE_SCRIPT = (
     _LUA_READ_JOB
     + """
-if redis.call('EXISTS', KEYS[1]) == 1 then return {0, read_job(true)} end
+if redis.call('EXISTS', KEYS[1]) == 1 then return {0, read_job(true, -1)} end
 redis.call('HSET', KEYS[1], 'spec', ARGV[1], 'spec_hash', ARGV[2], 'generation', ARGV[3],
   'version', ARGV[4], 'world_size', ARGV[5], 'created_at', ARGV[6],
   'issued_until', ARGV[7], 'resumed_from', ARGV[8])
@@ -106,7 +132,7 @@ return {1}
 )
 
 # ARGV: generation, rank, iteration, has_decision ('1'/'0'), epoch, metrics JSON,
-#       issue_until, known_spec_hash.
+#       issue_until, known_spec_hash, known_changes.
 _REPORT_SCRIPT = (
     _LUA_READ_JOB
     + """
@@ -123,17 +149,20 @@ if tonumber(redis.call('HGET', KEYS[1], 'issued_until')) < tonumber(ARGV[7]) the
 end
 redis.call('HINCRBY', KEYS[1], 'version', 1)
 local with_spec = ARGV[8] == '' or redis.call('HGET', KEYS[1], 'spec_hash') ~= ARGV[8]
-return {'ok', read_job(with_spec)}
+return {'ok', read_job(with_spec, tonumber(ARGV[9]))}
 """
 )
 
 # ARGV: spec, spec_hash, min_generation, state_hash, world_size, created_at,
-#       issued_until, then write_children's arguments from ARGV[8].
+#       issued_until, resume audit entry ('' for none), n changes, the changes,
+#       n audit entries to restore, those entries, then write_children's arguments.
 _LOAD_STATE_SCRIPT = (
     _LUA_READ_JOB
     + """
 if redis.call('EXISTS', KEYS[1]) == 1 then
-  if redis.call('HGET', KEYS[1], 'resumed_from') == ARGV[4] then return {0, read_job(true)} end
+  if redis.call('HGET', KEYS[1], 'resumed_from') == ARGV[4] then
+    return {0, read_job(true, -1)}
+  end
   -- generation = max(stored + 1, min_generation), without formatting a Lua number.
   if tonumber(redis.call('HGET', KEYS[1], 'generation')) >= tonumber(ARGV[3]) then
     redis.call('HINCRBY', KEYS[1], 'generation', 1)
@@ -149,16 +178,46 @@ redis.call('HSET', KEYS[1], 'spec', ARGV[1], 'spec_hash', ARGV[2], 'issued_until
 if tonumber(ARGV[5]) > 0 or redis.call('HEXISTS', KEYS[1], 'world_size') == 0 then
   redis.call('HSET', KEYS[1], 'world_size', ARGV[5])
 end
-write_children(8)
-return {1, read_job(true)}
+local i = 9
+local n = tonumber(ARGV[i])
+redis.call('DEL', KEYS[4])
+for j = 1, n do redis.call('RPUSH', KEYS[4], ARGV[i + j]) end
+i = i + n + 1
+n = tonumber(ARGV[i])
+if redis.call('EXISTS', KEYS[5]) == 0 then
+  for j = 1, n do redis.call('RPUSH', KEYS[5], ARGV[i + j]) end
+end
+if ARGV[8] ~= '' then redis.call('RPUSH', KEYS[5], ARGV[8]) end
+write_children(i + n + 1)
+return {1, read_job(true, -1)}
 """
 )
 
+# ARGV: the deletion's audit entry ('' for none). The audit list stays.
 _DELETE_SCRIPT = """
 local existed = redis.call('EXISTS', KEYS[1])
-redis.call('DEL', KEYS[1], KEYS[2], KEYS[3])
+redis.call('DEL', KEYS[1], KEYS[2], KEYS[3], KEYS[4])
+if existed == 1 and ARGV[1] ~= '' then redis.call('RPUSH', KEYS[5], ARGV[1]) end
 return existed
 """
+
+# ARGV: generation, expected number of changes, from_iteration, change, audit entry.
+_RESCHEDULE_SCRIPT = (
+    _LUA_READ_JOB
+    + """
+if redis.call('EXISTS', KEYS[1]) == 0 then return {'missing'} end
+local generation = redis.call('HGET', KEYS[1], 'generation')
+if tonumber(generation) ~= tonumber(ARGV[1]) then return {'stale', generation} end
+local count = redis.call('LLEN', KEYS[4])
+if count ~= tonumber(ARGV[2]) then return {'conflict', count} end
+local issued = redis.call('HGET', KEYS[1], 'issued_until')
+if tonumber(issued) > tonumber(ARGV[3]) then return {'early', issued} end
+redis.call('RPUSH', KEYS[4], ARGV[4])
+redis.call('RPUSH', KEYS[5], ARGV[5])
+redis.call('HINCRBY', KEYS[1], 'version', 1)
+return {'ok', read_job(true, -1)}
+"""
+)
 
 # Errors that mean "the backend is not there right now" (retry later), as opposed to
 # a bug or a misconfiguration. ConnectionError covers BusyLoadingError (AOF replay).
@@ -168,6 +227,8 @@ _UNAVAILABLE_ERRORS: tuple[type[BaseException], ...] = (
     redis_errors.ReadOnlyError,
     redis_errors.ClusterDownError,
     redis_errors.TryAgainError,
+    # Cluster client: no reachable node, a slot nobody serves (not RedisError's).
+    redis_errors.RedisClusterException,
     OSError,
 )
 # Redis answers these as plain error replies when it cannot persist or is failing over.
@@ -187,6 +248,13 @@ def _backend_errors(what: str) -> Iterator[None]:
         raise StoreError(f"redis error during {what}: {exc}") from exc
     except redis_errors.RedisError as exc:
         raise StoreError(f"redis error during {what}: {exc}") from exc
+
+
+def cluster_url(url: str) -> str | None:
+    """The plain ``redis://``/``rediss://`` URL of a cluster URL, or None if not one."""
+    scheme, sep, rest = url.partition("://")
+    plain = CLUSTER_SCHEMES.get(scheme.lower()) if sep else None
+    return f"{plain}://{rest}" if plain else None
 
 
 def _pairs(mapping: dict[int, Any], encode: Any) -> list[str]:
@@ -211,7 +279,7 @@ def _flat_to_dict(flat: Sequence[str]) -> dict[str, str]:
 
 def _record(job_id: str, reply: Sequence[Any]) -> JobRecord:
     """Build a JobRecord from ``read_job``'s reply (strings, decode_responses=True)."""
-    fields, spec, progress, decisions = reply
+    fields, spec, progress, decisions, num_changes, changes = reply
     spec_hash, generation, version, world_size, created_at, issued_until, resumed = fields
     return JobRecord(
         job_id=job_id,
@@ -225,43 +293,78 @@ def _record(job_id: str, reply: Sequence[Any]) -> JobRecord:
         progress={int(k): int(v) for k, v in _flat_to_dict(progress).items()},
         decisions={int(k): json.loads(v) for k, v in _flat_to_dict(decisions).items()},
         resumed_from=resumed,
+        overrides=[json.loads(c) for c in changes] if changes is not None else None,
+        num_changes=int(num_changes),
     )
 
 
 class RedisJobStore:
     """A ``JobStore`` on Redis, shared by every server replica that uses the same URL.
 
+    ``url`` is ``redis://``/``rediss://`` for one Redis server, or
+    ``redis+cluster://``/``rediss+cluster://`` (any node) for a Redis Cluster.
     ``socket_timeout`` bounds every connect and reply (a hung Redis surfaces as
     ``StoreUnavailable`` after about twice that: one retry on a fresh connection).
     ``prefix`` namespaces the keys, so several deployments can share one Redis.
-    The key layout is Cluster-ready (one slot per job); the client is a standalone
-    ``redis.asyncio.Redis``.
+    ``max_connections`` (cluster only) caps the connections per node and the store's
+    commands in flight.
     """
 
     def __init__(
-        self, url: str, *, prefix: str = "paramsched", socket_timeout: float = 5.0
+        self,
+        url: str,
+        *,
+        prefix: str = "paramsched",
+        socket_timeout: float = 5.0,
+        max_connections: int = 256,
     ) -> None:
         self.url = url
         self.prefix = prefix
         self._index = f"{prefix}:jobs"
         # One quick retry on a fresh connection heals a pooled connection that died
         # with a Redis restart; more retries would only delay StoreUnavailable.
-        self._redis = aioredis.Redis.from_url(
-            url,
-            socket_timeout=socket_timeout,
-            socket_connect_timeout=socket_timeout,
-            retry=Retry(ExponentialBackoff(cap=0.2, base=0.02), retries=1),
-            decode_responses=True,
-        )
+        options: dict[str, Any] = {
+            "socket_timeout": socket_timeout,
+            "socket_connect_timeout": socket_timeout,
+            "retry": Retry(ExponentialBackoff(cap=0.2, base=0.02), retries=1),
+            "decode_responses": True,
+        }
+        plain_url = cluster_url(url)
+        self.cluster = plain_url is not None
+        self._redis: aioredis.Redis | RedisCluster
+        if plain_url is not None:
+            self._redis = RedisCluster.from_url(
+                plain_url, max_connections=max_connections, **options
+            )
+        else:
+            self._redis = aioredis.Redis.from_url(url, **options)
+        # Created lazily on the event loop that uses the store.
+        self._max_in_flight = max_connections
+        self._in_flight: asyncio.Semaphore | None = None
         self._read_script = self._redis.register_script(_READ_SCRIPT)
         self._create_script = self._redis.register_script(_CREATE_SCRIPT)
         self._report_script = self._redis.register_script(_REPORT_SCRIPT)
         self._load_state_script = self._redis.register_script(_LOAD_STATE_SCRIPT)
         self._delete_script = self._redis.register_script(_DELETE_SCRIPT)
+        self._reschedule_script = self._redis.register_script(_RESCHEDULE_SCRIPT)
+
+    @asynccontextmanager
+    async def _backend(self, what: str) -> AsyncIterator[None]:
+        """Errors translated; on a cluster, also a slot among the commands in flight."""
+        if not self.cluster:
+            with _backend_errors(what):
+                yield
+            return
+        if self._in_flight is None:
+            self._in_flight = asyncio.Semaphore(self._max_in_flight)
+        async with self._in_flight:
+            with _backend_errors(what):
+                yield
 
     def job_keys(self, job_id: str) -> list[str]:
-        """The job's keys: job hash, progress hash, decisions hash (one hash slot)."""
-        return [f"{self.prefix}:{{{job_id}}}:{part}" for part in ("job", "progress", "decisions")]
+        """The job's keys, all in one hash slot: job, progress, decisions, changes, audit."""
+        return [f"{self.prefix}:{{{job_id}}}:{part}"
+                for part in ("job", "progress", "decisions", "changes", "audit")]
 
     async def create(self, record: JobRecord) -> tuple[JobRecord, bool]:
         """Store ``record`` unless the job exists. Returns (stored record, created)."""
@@ -276,7 +379,7 @@ class RedisJobStore:
             record.resumed_from,
             *_children_args(record.progress, record.decisions),
         ]
-        with _backend_errors("create"):
+        async with self._backend("create"):
             reply = await self._create_script(keys=self.job_keys(record.job_id), args=args)
             # Also on created=False: a retried create heals a ZADD lost to a crash.
             await self._redis.zadd(self._index, {record.job_id: 0})
@@ -285,7 +388,7 @@ class RedisJobStore:
         return _record(record.job_id, reply[1]), False
 
     async def get(self, job_id: str) -> JobRecord | None:
-        with _backend_errors("get"):
+        async with self._backend("get"):
             reply = await self._read_script(keys=self.job_keys(job_id))
         return _record(job_id, reply) if reply is not None else None
 
@@ -302,31 +405,44 @@ class RedisJobStore:
         low = b"(" + after.encode() if after >= prefix else b"[" + prefix.encode()
         high = b"[" + prefix.encode() + b"\xff" if prefix else b"+"
         records: list[JobRecord] = []
-        with _backend_errors("list"):
-            while len(records) < limit:
-                wanted = limit - len(records)
+        while len(records) < limit:
+            wanted = limit - len(records)
+            async with self._backend("list"):
                 page = await self._redis.zrangebylex(self._index, low, high, start=0, num=wanted)
-                ids = [i.decode() if isinstance(i, bytes) else i for i in page]
-                if not ids:
-                    break
-                async with self._redis.pipeline(transaction=False) as pipe:
-                    for job_id in ids:
-                        await self._read_script(keys=self.job_keys(job_id), client=pipe)
-                    replies = await pipe.execute()
-                records += [
-                    _record(job_id, reply)
-                    for job_id, reply in zip(ids, replies, strict=True)
-                    if reply is not None
-                ]
-                if len(ids) < wanted:
-                    break
-                low = b"(" + ids[-1].encode()
+            ids = [i.decode() if isinstance(i, bytes) else i for i in page]
+            if not ids:
+                break
+            replies = await self._read_many(ids)
+            records += [
+                _record(job_id, reply)
+                for job_id, reply in zip(ids, replies, strict=True)
+                if reply is not None
+            ]
+            if len(ids) < wanted:
+                break
+            low = b"(" + ids[-1].encode()
         return records
 
-    async def delete(self, job_id: str) -> bool:
-        """Remove every key of the job. Returns whether it existed."""
-        with _backend_errors("delete"):
-            existed = await self._delete_script(keys=self.job_keys(job_id))
+    async def _read_many(self, ids: Sequence[str]) -> Sequence[Any]:
+        """``_READ_SCRIPT``'s reply for each id: one pipeline, or concurrent calls on a
+        cluster (each bounded by ``_backend``), where the jobs live on several masters."""
+        if isinstance(self._redis, RedisCluster):
+
+            async def read(job_id: str) -> Any:
+                async with self._backend("list"):
+                    return await self._read_script(keys=self.job_keys(job_id))
+
+            return list(await asyncio.gather(*(read(job_id) for job_id in ids)))
+        async with self._backend("list"), self._redis.pipeline(transaction=False) as pipe:
+            for job_id in ids:
+                await self._read_script(keys=self.job_keys(job_id), client=pipe)
+            return list(await pipe.execute())
+
+    async def delete(self, job_id: str, audit_entry: dict[str, Any] | None = None) -> bool:
+        """Remove every key of the job but its audit list. Returns whether it existed."""
+        entry = canonical_json(audit_entry) if audit_entry is not None else ""
+        async with self._backend("delete"):
+            existed = await self._delete_script(keys=self.job_keys(job_id), args=[entry])
             await self._redis.zrem(self._index, job_id)
         return bool(existed)
 
@@ -340,6 +456,7 @@ class RedisJobStore:
         decision: tuple[int, Metrics | None] | None = None,
         issue_until: int = 0,
         known_spec_hash: str = "",
+        known_changes: int = -1,
     ) -> JobRecord:
         """Record a rank's progress in one script call; see ``JobStore.report``."""
         if decision is None:
@@ -353,8 +470,9 @@ class RedisJobStore:
             *decision_args,
             str(int(issue_until)),
             known_spec_hash,
+            str(int(known_changes)),
         ]
-        with _backend_errors("report"):
+        async with self._backend("report"):
             reply = await self._report_script(keys=self.job_keys(job_id), args=args)
         status = reply[0]
         if status == "missing":
@@ -375,6 +493,10 @@ class RedisJobStore:
         state_hash: str,
         world_size: int,
         created_at: float,
+        overrides: JsonObjects | None = None,
+        audit_entries: JsonObjects | None = None,
+        audit_entry: dict[str, Any] | None = None,
+        issue_until: int = 0,
     ) -> tuple[JobRecord, bool]:
         """Resume a job from a checkpoint state; see ``JobStore.load_state``.
 
@@ -389,15 +511,55 @@ class RedisJobStore:
             state_hash,
             str(int(world_size)),
             repr(float(created_at)),
-            str(max((int(it) for it in progress.values()), default=0)),
+            str(max(max((int(it) for it in progress.values()), default=0), int(issue_until))),
+            canonical_json(audit_entry) if audit_entry is not None else "",
+            str(len(overrides or [])),
+            *(canonical_json(o) for o in overrides or []),
+            str(len(audit_entries or [])),
+            *(canonical_json(e) for e in audit_entries or []),
             *_children_args(progress, decisions),
         ]
-        with _backend_errors("load_state"):
+        async with self._backend("load_state"):
             reply = await self._load_state_script(keys=self.job_keys(job_id), args=args)
             await self._redis.zadd(self._index, {job_id: 0})
         return _record(job_id, reply[1]), reply[0] == 1
 
+    async def reschedule(
+        self,
+        job_id: str,
+        *,
+        generation: int,
+        expected_changes: int,
+        override: dict[str, Any],
+        audit_entry: dict[str, Any],
+    ) -> JobRecord:
+        """Append a change and its audit entry in one script; see ``JobStore.reschedule``."""
+        start = int(override["from_iteration"])
+        args = [str(int(generation)), str(int(expected_changes)), str(start),
+                canonical_json(override), canonical_json(audit_entry)]
+        async with self._backend("reschedule"):
+            reply = await self._reschedule_script(keys=self.job_keys(job_id), args=args)
+        status = reply[0]
+        if status == "missing":
+            raise JobNotFound(job_id)
+        if status == "stale":
+            raise StaleGeneration(job_id, generation, int(reply[1]))
+        if status == "conflict":
+            raise ChangeConflict(job_id, expected_changes, int(reply[1]))
+        if status == "early":
+            raise TooEarly(job_id, start, int(reply[1]))
+        return _record(job_id, reply[1])
+
+    async def append_audit(self, job_id: str, entry: dict[str, Any]) -> None:
+        async with self._backend("append_audit"):
+            await self._redis.rpush(self.job_keys(job_id)[4], canonical_json(entry))
+
+    async def audit(self, job_id: str) -> JsonObjects:
+        async with self._backend("audit"):
+            entries = await self._redis.lrange(self.job_keys(job_id)[4], 0, -1)
+        return [json.loads(e) for e in entries]
+
     async def close(self) -> None:
         """Close the connection pool (a later call would open new connections)."""
-        with _backend_errors("close"):
+        async with self._backend("close"):
             await self._redis.aclose()

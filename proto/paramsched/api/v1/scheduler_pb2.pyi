@@ -1,4 +1,5 @@
 from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from collections.abc import Iterable as _Iterable, Mapping as _Mapping
@@ -21,19 +22,38 @@ class ParamGroup(_message.Message):
     betas: _containers.RepeatedScalarFieldContainer[float]
     def __init__(self, values: _Optional[_Mapping[str, float]] = ..., betas: _Optional[_Iterable[float]] = ...) -> None: ...
 
+class Bounds(_message.Message):
+    __slots__ = ("min", "max")
+    MIN_FIELD_NUMBER: _ClassVar[int]
+    MAX_FIELD_NUMBER: _ClassVar[int]
+    min: float
+    max: float
+    def __init__(self, min: _Optional[float] = ..., max: _Optional[float] = ...) -> None: ...
+
 class JobSpec(_message.Message):
-    __slots__ = ("param_scheduler_json", "initial_values", "epoch_length", "max_epochs", "max_iters")
+    __slots__ = ("param_scheduler_json", "initial_values", "epoch_length", "max_epochs", "max_iters", "bounds", "max_jump_factor")
+    class BoundsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: Bounds
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[_Union[Bounds, _Mapping]] = ...) -> None: ...
     PARAM_SCHEDULER_JSON_FIELD_NUMBER: _ClassVar[int]
     INITIAL_VALUES_FIELD_NUMBER: _ClassVar[int]
     EPOCH_LENGTH_FIELD_NUMBER: _ClassVar[int]
     MAX_EPOCHS_FIELD_NUMBER: _ClassVar[int]
     MAX_ITERS_FIELD_NUMBER: _ClassVar[int]
+    BOUNDS_FIELD_NUMBER: _ClassVar[int]
+    MAX_JUMP_FACTOR_FIELD_NUMBER: _ClassVar[int]
     param_scheduler_json: str
     initial_values: _containers.RepeatedCompositeFieldContainer[ParamGroup]
     epoch_length: int
     max_epochs: int
     max_iters: int
-    def __init__(self, param_scheduler_json: _Optional[str] = ..., initial_values: _Optional[_Iterable[_Union[ParamGroup, _Mapping]]] = ..., epoch_length: _Optional[int] = ..., max_epochs: _Optional[int] = ..., max_iters: _Optional[int] = ...) -> None: ...
+    bounds: _containers.MessageMap[str, Bounds]
+    max_jump_factor: float
+    def __init__(self, param_scheduler_json: _Optional[str] = ..., initial_values: _Optional[_Iterable[_Union[ParamGroup, _Mapping]]] = ..., epoch_length: _Optional[int] = ..., max_epochs: _Optional[int] = ..., max_iters: _Optional[int] = ..., bounds: _Optional[_Mapping[str, Bounds]] = ..., max_jump_factor: _Optional[float] = ...) -> None: ...
 
 class RankProgress(_message.Message):
     __slots__ = ("rank", "iteration")
@@ -44,7 +64,7 @@ class RankProgress(_message.Message):
     def __init__(self, rank: _Optional[int] = ..., iteration: _Optional[int] = ...) -> None: ...
 
 class Job(_message.Message):
-    __slots__ = ("job_id", "spec", "generation", "world_size", "params", "num_groups", "momentum_via_betas", "max_iters", "epoch_length", "progress", "version", "created_at", "issued_until")
+    __slots__ = ("job_id", "spec", "generation", "world_size", "params", "num_groups", "momentum_via_betas", "max_iters", "epoch_length", "progress", "version", "created_at", "issued_until", "num_changes")
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     SPEC_FIELD_NUMBER: _ClassVar[int]
     GENERATION_FIELD_NUMBER: _ClassVar[int]
@@ -58,6 +78,7 @@ class Job(_message.Message):
     VERSION_FIELD_NUMBER: _ClassVar[int]
     CREATED_AT_FIELD_NUMBER: _ClassVar[int]
     ISSUED_UNTIL_FIELD_NUMBER: _ClassVar[int]
+    NUM_CHANGES_FIELD_NUMBER: _ClassVar[int]
     job_id: str
     spec: JobSpec
     generation: int
@@ -71,7 +92,8 @@ class Job(_message.Message):
     version: int
     created_at: float
     issued_until: int
-    def __init__(self, job_id: _Optional[str] = ..., spec: _Optional[_Union[JobSpec, _Mapping]] = ..., generation: _Optional[int] = ..., world_size: _Optional[int] = ..., params: _Optional[_Iterable[str]] = ..., num_groups: _Optional[int] = ..., momentum_via_betas: _Optional[bool] = ..., max_iters: _Optional[int] = ..., epoch_length: _Optional[int] = ..., progress: _Optional[_Iterable[_Union[RankProgress, _Mapping]]] = ..., version: _Optional[int] = ..., created_at: _Optional[float] = ..., issued_until: _Optional[int] = ...) -> None: ...
+    num_changes: int
+    def __init__(self, job_id: _Optional[str] = ..., spec: _Optional[_Union[JobSpec, _Mapping]] = ..., generation: _Optional[int] = ..., world_size: _Optional[int] = ..., params: _Optional[_Iterable[str]] = ..., num_groups: _Optional[int] = ..., momentum_via_betas: _Optional[bool] = ..., max_iters: _Optional[int] = ..., epoch_length: _Optional[int] = ..., progress: _Optional[_Iterable[_Union[RankProgress, _Mapping]]] = ..., version: _Optional[int] = ..., created_at: _Optional[float] = ..., issued_until: _Optional[int] = ..., num_changes: _Optional[int] = ...) -> None: ...
 
 class Plan(_message.Message):
     __slots__ = ("start_iteration", "num_iterations", "params", "num_groups", "values", "generation", "waits_for_epoch")
@@ -279,3 +301,111 @@ class PreviewScheduleResponse(_message.Message):
     PLAN_FIELD_NUMBER: _ClassVar[int]
     plan: Plan
     def __init__(self, plan: _Optional[_Union[Plan, _Mapping]] = ...) -> None: ...
+
+class ParamValues(_message.Message):
+    __slots__ = ("values",)
+    class ValuesEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: float
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[float] = ...) -> None: ...
+    VALUES_FIELD_NUMBER: _ClassVar[int]
+    values: _containers.ScalarMap[str, float]
+    def __init__(self, values: _Optional[_Mapping[str, float]] = ...) -> None: ...
+
+class AuditEntry(_message.Message):
+    __slots__ = ("time", "principal", "action", "iteration", "generation", "details_json", "before", "after", "reason")
+    TIME_FIELD_NUMBER: _ClassVar[int]
+    PRINCIPAL_FIELD_NUMBER: _ClassVar[int]
+    ACTION_FIELD_NUMBER: _ClassVar[int]
+    ITERATION_FIELD_NUMBER: _ClassVar[int]
+    GENERATION_FIELD_NUMBER: _ClassVar[int]
+    DETAILS_JSON_FIELD_NUMBER: _ClassVar[int]
+    BEFORE_FIELD_NUMBER: _ClassVar[int]
+    AFTER_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    time: float
+    principal: str
+    action: str
+    iteration: int
+    generation: int
+    details_json: str
+    before: _containers.RepeatedCompositeFieldContainer[ParamValues]
+    after: _containers.RepeatedCompositeFieldContainer[ParamValues]
+    reason: str
+    def __init__(self, time: _Optional[float] = ..., principal: _Optional[str] = ..., action: _Optional[str] = ..., iteration: _Optional[int] = ..., generation: _Optional[int] = ..., details_json: _Optional[str] = ..., before: _Optional[_Iterable[_Union[ParamValues, _Mapping]]] = ..., after: _Optional[_Iterable[_Union[ParamValues, _Mapping]]] = ..., reason: _Optional[str] = ...) -> None: ...
+
+class RescheduleJobRequest(_message.Message):
+    __slots__ = ("job_id", "from_iteration", "mode", "param_scheduler_json", "params", "groups", "start_values", "max_iters", "dry_run", "force", "action", "reason", "preview_iterations")
+    class Mode(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+        __slots__ = ()
+        REPLACE: _ClassVar[RescheduleJobRequest.Mode]
+        MULTIPLY: _ClassVar[RescheduleJobRequest.Mode]
+        STRETCH: _ClassVar[RescheduleJobRequest.Mode]
+    REPLACE: RescheduleJobRequest.Mode
+    MULTIPLY: RescheduleJobRequest.Mode
+    STRETCH: RescheduleJobRequest.Mode
+    class StartValuesEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: float
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[float] = ...) -> None: ...
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    FROM_ITERATION_FIELD_NUMBER: _ClassVar[int]
+    MODE_FIELD_NUMBER: _ClassVar[int]
+    PARAM_SCHEDULER_JSON_FIELD_NUMBER: _ClassVar[int]
+    PARAMS_FIELD_NUMBER: _ClassVar[int]
+    GROUPS_FIELD_NUMBER: _ClassVar[int]
+    START_VALUES_FIELD_NUMBER: _ClassVar[int]
+    MAX_ITERS_FIELD_NUMBER: _ClassVar[int]
+    DRY_RUN_FIELD_NUMBER: _ClassVar[int]
+    FORCE_FIELD_NUMBER: _ClassVar[int]
+    ACTION_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    PREVIEW_ITERATIONS_FIELD_NUMBER: _ClassVar[int]
+    job_id: str
+    from_iteration: int
+    mode: RescheduleJobRequest.Mode
+    param_scheduler_json: str
+    params: _containers.RepeatedScalarFieldContainer[str]
+    groups: _containers.RepeatedScalarFieldContainer[int]
+    start_values: _containers.ScalarMap[str, float]
+    max_iters: int
+    dry_run: bool
+    force: bool
+    action: str
+    reason: str
+    preview_iterations: int
+    def __init__(self, job_id: _Optional[str] = ..., from_iteration: _Optional[int] = ..., mode: _Optional[_Union[RescheduleJobRequest.Mode, str]] = ..., param_scheduler_json: _Optional[str] = ..., params: _Optional[_Iterable[str]] = ..., groups: _Optional[_Iterable[int]] = ..., start_values: _Optional[_Mapping[str, float]] = ..., max_iters: _Optional[int] = ..., dry_run: _Optional[bool] = ..., force: _Optional[bool] = ..., action: _Optional[str] = ..., reason: _Optional[str] = ..., preview_iterations: _Optional[int] = ...) -> None: ...
+
+class RescheduleJobResponse(_message.Message):
+    __slots__ = ("job", "from_iteration", "before", "after", "applied", "entry")
+    JOB_FIELD_NUMBER: _ClassVar[int]
+    FROM_ITERATION_FIELD_NUMBER: _ClassVar[int]
+    BEFORE_FIELD_NUMBER: _ClassVar[int]
+    AFTER_FIELD_NUMBER: _ClassVar[int]
+    APPLIED_FIELD_NUMBER: _ClassVar[int]
+    ENTRY_FIELD_NUMBER: _ClassVar[int]
+    job: Job
+    from_iteration: int
+    before: Plan
+    after: Plan
+    applied: bool
+    entry: AuditEntry
+    def __init__(self, job: _Optional[_Union[Job, _Mapping]] = ..., from_iteration: _Optional[int] = ..., before: _Optional[_Union[Plan, _Mapping]] = ..., after: _Optional[_Union[Plan, _Mapping]] = ..., applied: _Optional[bool] = ..., entry: _Optional[_Union[AuditEntry, _Mapping]] = ...) -> None: ...
+
+class GetJobHistoryRequest(_message.Message):
+    __slots__ = ("job_id",)
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    job_id: str
+    def __init__(self, job_id: _Optional[str] = ...) -> None: ...
+
+class GetJobHistoryResponse(_message.Message):
+    __slots__ = ("entries",)
+    ENTRIES_FIELD_NUMBER: _ClassVar[int]
+    entries: _containers.RepeatedCompositeFieldContainer[AuditEntry]
+    def __init__(self, entries: _Optional[_Iterable[_Union[AuditEntry, _Mapping]]] = ...) -> None: ...

@@ -79,6 +79,16 @@ class SchedulerServiceStub:
                 request_serializer=paramsched_dot_api_dot_v1_dot_scheduler__pb2.PreviewScheduleRequest.SerializeToString,
                 response_deserializer=paramsched_dot_api_dot_v1_dot_scheduler__pb2.PreviewScheduleResponse.FromString,
                 _registered_method=True)
+        self.RescheduleJob = channel.unary_unary(
+                '/paramsched.api.v1.SchedulerService/RescheduleJob',
+                request_serializer=paramsched_dot_api_dot_v1_dot_scheduler__pb2.RescheduleJobRequest.SerializeToString,
+                response_deserializer=paramsched_dot_api_dot_v1_dot_scheduler__pb2.RescheduleJobResponse.FromString,
+                _registered_method=True)
+        self.GetJobHistory = channel.unary_unary(
+                '/paramsched.api.v1.SchedulerService/GetJobHistory',
+                request_serializer=paramsched_dot_api_dot_v1_dot_scheduler__pb2.GetJobHistoryRequest.SerializeToString,
+                response_deserializer=paramsched_dot_api_dot_v1_dot_scheduler__pb2.GetJobHistoryResponse.FromString,
+                _registered_method=True)
 
 
 class SchedulerServiceServicer:
@@ -146,6 +156,21 @@ class SchedulerServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def RescheduleJob(self, request, context):
+        """Change a running job's schedule from an iteration on (every rank switches on that
+        same iteration); with dry_run, only show the values before and after.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetJobHistory(self, request, context):
+        """The audit trail of a job: changes, resumes, deletion.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_SchedulerServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -193,6 +218,16 @@ def add_SchedulerServiceServicer_to_server(servicer, server):
                     servicer.PreviewSchedule,
                     request_deserializer=paramsched_dot_api_dot_v1_dot_scheduler__pb2.PreviewScheduleRequest.FromString,
                     response_serializer=paramsched_dot_api_dot_v1_dot_scheduler__pb2.PreviewScheduleResponse.SerializeToString,
+            ),
+            'RescheduleJob': grpc.unary_unary_rpc_method_handler(
+                    servicer.RescheduleJob,
+                    request_deserializer=paramsched_dot_api_dot_v1_dot_scheduler__pb2.RescheduleJobRequest.FromString,
+                    response_serializer=paramsched_dot_api_dot_v1_dot_scheduler__pb2.RescheduleJobResponse.SerializeToString,
+            ),
+            'GetJobHistory': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetJobHistory,
+                    request_deserializer=paramsched_dot_api_dot_v1_dot_scheduler__pb2.GetJobHistoryRequest.FromString,
+                    response_serializer=paramsched_dot_api_dot_v1_dot_scheduler__pb2.GetJobHistoryResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -438,6 +473,60 @@ class SchedulerService:
             '/paramsched.api.v1.SchedulerService/PreviewSchedule',
             paramsched_dot_api_dot_v1_dot_scheduler__pb2.PreviewScheduleRequest.SerializeToString,
             paramsched_dot_api_dot_v1_dot_scheduler__pb2.PreviewScheduleResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RescheduleJob(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/paramsched.api.v1.SchedulerService/RescheduleJob',
+            paramsched_dot_api_dot_v1_dot_scheduler__pb2.RescheduleJobRequest.SerializeToString,
+            paramsched_dot_api_dot_v1_dot_scheduler__pb2.RescheduleJobResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetJobHistory(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/paramsched.api.v1.SchedulerService/GetJobHistory',
+            paramsched_dot_api_dot_v1_dot_scheduler__pb2.GetJobHistoryRequest.SerializeToString,
+            paramsched_dot_api_dot_v1_dot_scheduler__pb2.GetJobHistoryResponse.FromString,
             options,
             channel_credentials,
             insecure,
