@@ -27,6 +27,7 @@ from grpc_reflection.v1alpha import reflection
 
 from paramsched.api.v1 import scheduler_pb2, scheduler_pb2_grpc
 
+from . import cli
 from .auth import AuthConfigError, TokenRegistry
 from .grpc.interceptors import AuthInterceptor, MessageSizeInterceptor, MetricsInterceptor
 from .grpc.servicer import SchedulerServicer
@@ -242,6 +243,7 @@ def make_parser() -> argparse.ArgumentParser:
     health_p.add_argument("--target", default=_env("HEALTH_TARGET", "127.0.0.1:50051"),
                           help="host:port to check (env PARAMSCHED_HEALTH_TARGET)")
     health_p.add_argument("--timeout", type=float, default=5.0)
+    cli.add_commands(sub)
     return parser
 
 
@@ -265,6 +267,8 @@ def main(argv: list[str] | None = None) -> int:
                       str(getattr(args, "log_format", "text")))
     if args.command == "health":
         return check_health(args.target, args.timeout)
+    if args.command != "serve":
+        return cli.run(args)
     if args.command == "serve":
         config = ServerConfig(
             host=args.host, port=args.port, redis_url=args.redis_url, data_dir=args.data_dir,

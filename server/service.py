@@ -12,14 +12,16 @@ value handed out for (job, generation, iteration) never changes.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import math
 import re
+import threading
 import time
 from collections import OrderedDict
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from .auth import current_principal
@@ -183,6 +185,8 @@ class _Loaded:
     spec: JobSpec
     schedule: Schedule
     overrides: list[dict[str, Any]]
+    # Held while the schedule's caches are read or extended (inline or in a thread).
+    lock: threading.Lock = field(default_factory=threading.Lock)
 
 
 def check_job_id(job_id: str, field: str = "job_id") -> str:
@@ -329,27 +333,38 @@ class SchedulerService:
             raise InvalidArgument(f"must be >= 0, got {plan_size}", field="plan_size")
         return min(plan_size or self.default_plan_size, self.max_plan_size)
 
-    def _plan(
-        self,
-        entry: _Loaded,
-        record: JobRecord,
-        start: int,
-        stop: int,
-    ) -> Plan:
-        spec, schedule = entry.spec, entry.schedule
+    async def _plan(self, entry: _Loaded, record: JobRecord, start: int, stop: int) -> Plan:
+        """The plan for [start, stop): computed inline when cheap (near a keyframe or a
+        recent query), else in a worker thread, so a long replay (a cold cache after a
+        restart) never stalls the other jobs' reports or the health checks."""
+        schedule = entry.schedule
         stop = min(stop, schedule.max_iters + 1)
         if start > schedule.max_iters:
             raise InvalidArgument(
                 f"iteration {start} is past the end of training ({schedule.max_iters})",
                 field="iteration")
+        if schedule.is_cheap(start) and entry.lock.acquire(blocking=False):
+            try:
+                values = self._values(entry, record, start, stop)
+            finally:
+                entry.lock.release()
+        else:
+            def compute() -> list[GroupValues]:
+                with entry.lock:
+                    return self._values(entry, record, start, stop)
+
+            values = await asyncio.to_thread(compute)
+        return plan_of(entry.spec, entry.schedule, start, stop, values, record.generation)
+
+    def _values(self, entry: _Loaded, record: JobRecord, start: int,
+                stop: int) -> list[GroupValues]:
         try:
-            values = schedule.values_range(start, stop, record.decisions)
+            return entry.schedule.values_range(start, stop, record.decisions)
         except ValueError:
             # Decisions disagree with what this cached schedule saw (the job was deleted
             # and recreated meanwhile): start over from the stored record.
-            entry.schedule = self._schedule(spec, entry.overrides, record)
-            values = entry.schedule.values_range(start, stop, record.decisions)
-        return plan_of(spec, schedule, start, stop, values, record.generation)
+            entry.schedule = self._schedule(entry.spec, entry.overrides, record)
+            return entry.schedule.values_range(start, stop, record.decisions)
 
     # -- jobs -----------------------------------------------------------------------
     async def attach(
@@ -404,7 +419,7 @@ class SchedulerService:
         if record.overrides is not None or record.spec is None:
             record.spec = entry.spec.to_dict()
             entry = self._loaded(record)
-        plan = self._plan(entry, record, 0, size)
+        plan = await self._plan(entry, record, 0, size)
         self.events.plan_issued(job_id, len(plan.values))
         return JobView.of(record, entry), created, plan
 
@@ -521,7 +536,7 @@ class SchedulerService:
             if record.spec is None:
                 record.spec = entry.spec.to_dict()
             entry = self._loaded(record)
-        plan = self._plan(entry, record, iteration, iteration + size)
+        plan = await self._plan(entry, record, iteration, iteration + size)
         self.events.job_reported(job_id)
         self.events.plan_issued(job_id, len(plan.values))
         return plan
@@ -575,7 +590,7 @@ class SchedulerService:
         if start < 0 or stop <= start:
             raise InvalidArgument(f"need 0 <= start < stop, got start={start}, stop={stop}",
                                   field="start_iteration")
-        return self._plan(entry, record, start, stop)
+        return await self._plan(entry, record, start, stop)
 
     def preview(
         self,
@@ -672,7 +687,7 @@ class SchedulerService:
         except StoreUnavailable as exc:
             raise Unavailable(f"job store unavailable: {exc}") from None
         entry = self._loaded(record)
-        plan = self._plan(entry, record, iteration, iteration + size)
+        plan = await self._plan(entry, record, iteration, iteration + size)
         if resumed:
             log.info("job resumed from a checkpoint at iteration %d", iteration,
                      extra=self._event("resumed", job_id, None, record.generation))
@@ -738,19 +753,28 @@ class SchedulerService:
                     f"job {job_id!r}: iteration {start} is too early; values up to iteration "
                     f"{earliest - 1} were already handed out to ranks, so the earliest "
                     f"iteration a change can take effect is {earliest}")
-            try:
-                override = build_override(entry.schedule, data, decisions=record.decisions,
-                                          where="change")
-            except ConfigError as exc:
-                raise _config_error(exc, "") from None
-            if override.mode == "replace":
-                data = resolved(entry.schedule, data, record.decisions)
-            after = Schedule(entry.spec)
-            for old in entry.schedule.overrides:
-                after.add(old)
-            after.add(override)
-            result = self._compare(entry, after, override, record, preview)
-            self._guardrails(entry.spec, after, override, result, force, record.decisions)
+            # Building the change, comparing and checking bounds may replay far: off the
+            # event loop, under the schedule's lock (the new schedule shares its timelines).
+            def build(entry: _Loaded = entry, record: JobRecord = record,
+                      data: dict[str, Any] = data) -> tuple[Any, dict[str, Any], RescheduleResult]:
+                with entry.lock:
+                    try:
+                        override = build_override(entry.schedule, data,
+                                                  decisions=record.decisions, where="change")
+                    except ConfigError as exc:
+                        raise _config_error(exc, "") from None
+                    if override.mode == "replace":
+                        data = resolved(entry.schedule, data, record.decisions)
+                    after = Schedule(entry.spec)
+                    for old in entry.schedule.overrides:
+                        after.add(old)
+                    after.add(override)
+                    result = self._compare(entry, after, override, record, preview)
+                    self._guardrails(entry.spec, after, override, result, force,
+                                     record.decisions)
+                    return override, data, result
+
+            override, data, result = await asyncio.to_thread(build)
             audit = self._audit_entry(action or "reschedule", override.start, record.generation,
                                       details=data, reason=reason,
                                       before=result.before_at, after=result.after_at)

@@ -455,3 +455,21 @@ def test_health_and_reflection(tmp_path: Path):
         channel.close()
     finally:
         server.stop()
+
+
+def test_a_long_cold_replay_does_not_stall_other_requests(tmp_path: Path):
+    """A report far into a long job on a cold cache replays in a worker thread; a small
+    job's report meanwhile is answered before it (ordering, not a timing threshold)."""
+    long_cfg = [dict(type="CosineAnnealingLR", by_epoch=False, T_max=3_000_000)]
+    with serving(data_dir=tmp_path) as (_, stub):
+        stub.AttachJob(pb.AttachJobRequest(job_id="long", spec=spec_proto(
+            long_cfg, [{"lr": 0.1}] * 3, max_epochs=None, max_iters=3_000_000)))
+        stub.AttachJob(pb.AttachJobRequest(job_id="small", spec=spec_proto(WARMUP_COSINE)))
+        far = stub.ReportProgress.future(pb.ReportProgressRequest(
+            job_id="long", generation=1, iteration=2_900_000))
+        quick = stub.ReportProgress(pb.ReportProgressRequest(job_id="small", generation=1,
+                                                             iteration=3))
+        assert decode(quick.plan)[0] == engine_values(WARMUP_COSINE)[3]
+        assert not far.done()
+        plan = far.result(timeout=120).plan
+        assert plan.start_iteration == 2_900_000 and plan.num_iterations == 256

@@ -27,7 +27,7 @@ from typing import Any
 
 from .config import JobSpec
 from .errors import DecisionPending, MetricsError
-from .rules import PlateauRule, Rule
+from .rules import PlateauRule
 
 Metrics = Mapping[str, float]
 Decisions = Mapping[int, Metrics | None]
@@ -81,6 +81,7 @@ class Replayer:
         self.iter_idx = [i for i, s in enumerate(self.scheds) if not s.by_epoch]
         self.epoch_idx = [i for i, s in enumerate(self.scheds) if s.by_epoch]
         self.plateau_idx = [i for i, s in enumerate(self.scheds) if s.is_plateau]
+        self._steppers: list[tuple[Any, Any, str, Any, list[float]]] = []
         self.initial = self._build()
 
     def _build(self) -> ReplayState:
@@ -104,6 +105,8 @@ class Replayer:
             for gi, group in enumerate(extras):
                 group.setdefault(key, values[s.param][gi])
             self.base.append([group[key] for group in extras])
+            next_values = None if isinstance(s.rule, PlateauRule) else s.rule.next_values
+            self._steppers.append((s.begin, s.end, s.param, next_values, self.base[i]))
             if isinstance(s.rule, PlateauRule):
                 state.global_step[i] = 0
                 state.plateau[i] = [s.rule.worst, 0, 0]
@@ -112,15 +115,14 @@ class Replayer:
         return state
 
     def _step(self, state: ReplayState, i: int) -> None:
-        s = self.scheds[i]
+        # The hottest loop of the server: everything it needs is precomputed per scheduler.
+        begin, end, param, next_values, base = self._steppers[i]
         g = state.global_step[i] + 1
         state.global_step[i] = g
-        if s.begin <= g < s.end and not isinstance(s.rule, PlateauRule):
+        if begin <= g < end and next_values is not None:
             k = state.last_step[i] + 1
             state.last_step[i] = k
-            rule: Rule = s.rule
-            state.values[s.param] = rule.next_values(state.values[s.param], self.base[i],
-                                                     self.extras, k)
+            state.values[param] = next_values(state.values[param], base, self.extras, k)
 
     # -- epoch ends and validation decisions ------------------------------------------
     def is_epoch_end(self, iteration: int) -> bool:

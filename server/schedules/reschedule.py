@@ -205,6 +205,12 @@ class Schedule:
             raise DecisionPending(t // length - 1, t)
         return got[0]
 
+    def is_cheap(self, t: int) -> bool:
+        """Whether the values at ``t`` need at most a short replay in every timeline."""
+        return self.base.is_cheap(min(t, self.base.spec.max_iters)) and all(
+            o.timeline.is_cheap(min(max(0, t - o.start), o.timeline.spec.max_iters))
+            for o in self.overrides if o.timeline is not None)
+
     def needs_decision(self, epoch: int) -> bool:
         return self.base.needs_decision(epoch)
 

@@ -140,10 +140,12 @@ class CosineAnnealingRule(Rule):
                 for v, b in zip(current, base, strict=True)
             ]
         ratio = (1 + math.cos(math.pi * k / t)) / (1 + math.cos(math.pi * (k - 1) / t))
-        return [
-            ratio * (v - self._eta_min(b)) + self._eta_min(b)
-            for v, b in zip(current, base, strict=True)
-        ]
+        if self.eta_min_ratio is None:
+            low = self.eta_min
+            assert low is not None
+            return [ratio * (v - low) + low for v in current]
+        mins = [b * self.eta_min_ratio for b in base]
+        return [ratio * (v - m) + m for v, m in zip(current, mins, strict=True)]
 
 
 @dataclass(frozen=True)

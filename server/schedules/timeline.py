@@ -48,6 +48,10 @@ class Timeline:
         """The last iteration with values: the one after training (MMEngine computes it)."""
         return self.spec.max_iters
 
+    def is_cheap(self, t: int) -> bool:
+        """Whether ``t`` is at most one keyframe interval from state already made."""
+        return t // self.interval < len(self._keyframes) or t in self._values
+
     def _check_range(self, t: int, name: str = "iteration") -> None:
         if isinstance(t, bool) or not isinstance(t, int) or not 0 <= t <= self.last_iteration:
             raise ValueError(f"{name} must be an integer in [0, {self.last_iteration}], got {t!r}")
