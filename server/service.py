@@ -868,9 +868,12 @@ class SchedulerService:
         """A job id's audit trail (it outlives the job)."""
         check_job_id(job_id)
         try:
-            return await self.store.audit(job_id)
+            trail = await self.store.audit(job_id)
         except StoreUnavailable as exc:
             raise Unavailable(f"job store unavailable: {exc}") from None
+        if not trail:
+            await self._get_record(job_id)  # NOT_FOUND for an id that never had a job
+        return trail
 
     @staticmethod
     def _parse_state(state_json: str) -> dict[str, Any]:

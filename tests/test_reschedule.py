@@ -241,3 +241,11 @@ def test_audit_trail_survives_restart_and_travels_with_the_checkpoint(tmp_path: 
         assert stub.DeleteJob(pb.DeleteJobRequest(job_id="j")).deleted
         entries = stub.GetJobHistory(pb.GetJobHistoryRequest(job_id="j")).entries
         assert [e.action for e in entries] == ["set", "resume", "delete"]
+
+
+def test_history_of_an_id_that_never_had_a_job_is_not_found(stub: pb_grpc.SchedulerServiceStub):
+    with pytest.raises(grpc.RpcError) as info:
+        stub.GetJobHistory(pb.GetJobHistoryRequest(job_id="never"))
+    assert info.value.code() == grpc.StatusCode.NOT_FOUND
+    create(stub)
+    assert list(stub.GetJobHistory(pb.GetJobHistoryRequest(job_id="j")).entries) == []
