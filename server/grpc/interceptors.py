@@ -12,6 +12,7 @@ store is touched, so the answer is the same whether the job exists or not.
 from __future__ import annotations
 
 import time
+from abc import abstractmethod
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -55,10 +56,10 @@ class _UnaryInterceptor(grpc.aio.ServerInterceptor):
             behavior, request_deserializer=deserialize,
             response_serializer=handler.response_serializer)
 
+    @abstractmethod
     def wrap(self, name: str, handler: grpc.RpcMethodHandler,
              details: grpc.HandlerCallDetails) -> tuple[Behavior, Any]:
         """The new behaviour and request deserializer for method ``name``."""
-        raise NotImplementedError  # pragma: no cover - each interceptor defines it
 
 
 class AuthInterceptor(_UnaryInterceptor):

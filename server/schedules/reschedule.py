@@ -22,6 +22,7 @@ job's record, and a change never touches an iteration before its s.
 from __future__ import annotations
 
 import math
+from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -52,16 +53,16 @@ class Override:
     initial: tuple[dict[str, float], ...] = ()  # per group: the change's values at s
 
 
-class Layer:
+class Layer(ABC):
     """Values of a job up to and including some overrides (the base layer has none)."""
 
     max_iters: int
     params: tuple[str, ...]
     num_groups: int
 
+    @abstractmethod
     def values_range(self, start: int, stop: int, decisions: Decisions) -> list[GroupValues]:
         """Values for [start, stop); shorter when a decision is pending (never raises)."""
-        raise NotImplementedError  # pragma: no cover
 
 
 

@@ -19,6 +19,7 @@ Rules are immutable; all counters live in the replay state (see ``replay.py``).
 from __future__ import annotations
 
 import math
+from abc import ABC, abstractmethod
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -27,11 +28,12 @@ Values = list[float]
 Extras = Sequence[dict[str, float]]
 
 
-class Rule:
+class Rule(ABC):
     """Base class: one scheduler kind's math."""
 
+    @abstractmethod
     def next_values(self, current: Values, base: Values, extras: Extras, k: int) -> Values:
-        raise NotImplementedError  # pragma: no cover - every kind overrides it
+        """The values after step ``k`` inside the window."""
 
 
 @dataclass(frozen=True)
