@@ -1,0 +1,252 @@
+"""Per-iteration cost of an attached optimizer vs scheduling the same config locally.
+
+Four loops over the same tiny SGD optimizer, in the same process, interleaved round
+by round so that drift in machine speed hits them alike:
+
+* bare: ``optimizer.step()`` only (the baseline every overhead is measured against);
+* mmengine: + MMEngine's schedulers stepped the way ``ParamSchedulerHook`` does
+  (every ``by_epoch=False`` scheduler after each iteration, every ``by_epoch=True``
+  one after each epoch);
+* torch: + torch's own ``LRScheduler`` for the same curve (``SequentialLR`` of
+  ``LinearLR`` and ``CosineAnnealingLR``), stepped after each iteration;
+* paramsched: the optimizer attached to a job on a real ``paramsched serve`` process
+  (loopback; when the benchmark starts the server it pins it to its own CPU, as on a
+  separate machine), ``handle.end_epoch()`` after each epoch; reports and refills run
+  on the client's background thread, inside the measured time.
+
+Each loop runs ``--iters`` iterations per round and is timed after its first 2000
+(in every loop alike): the steady state is compared. An attached loop starts on a
+short plan (``plan_size``, 256) and grows it with the observed iteration rate, so a
+loop as fast as this one (~25 us per step) may wait for its first refills once; that
+one-off start-up costs a few milliseconds per job, not per iteration.
+
+Overhead = time per iteration minus the same round's bare loop, as wall time and as
+process CPU time (every thread of the process; the CPU figure is steadier on a busy
+machine); medians over the rounds. The figure to watch is ``paramsched / mmengine``
+(target <= 1.0). Usage:
+
+    .venv/bin/python benchmarks/bench_client_overhead.py [--iters 20000] [--rounds 7]
+        [--target host:port]   # default: start `paramsched serve` on a temp dir
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+import uuid
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+
+from paramsched import Client
+
+EPOCH_LENGTH = 100
+WARMUP = 500
+CONFIG: list[dict[str, Any]] = [
+    {"type": "LinearLR", "start_factor": 0.001, "by_epoch": False, "begin": 0, "end": WARMUP},
+    {"type": "CosineAnnealingLR", "by_epoch": True, "convert_to_iter_based": True},
+]
+
+
+def make_optimizer() -> torch.optim.Optimizer:
+    model = torch.nn.Linear(16, 16)
+    for p in model.parameters():
+        p.grad = torch.zeros_like(p)
+    return torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-4)
+
+
+#: iterations run before the clock starts, in every loop alike: the steady state is
+#: what is compared (an attached loop's first plans are short; see the module doc).
+SKIP = 2000
+
+
+Timing = tuple[float, float]  # (wall seconds, process CPU seconds) per iteration
+
+
+def time_loop(step: Callable[[int], None], iters: int) -> Timing:
+    """Per-iteration wall time and process CPU time (all threads: the client's
+    background thread counts) of ``step(t)``, timed over ``t`` in ``[SKIP, iters)``."""
+    skip = min(SKIP, iters // 2)
+    for t in range(skip):
+        step(t)
+    wall, cpu = time.perf_counter(), time.process_time()
+    for t in range(skip, iters):
+        step(t)
+    n = iters - skip
+    return (time.perf_counter() - wall) / n, (time.process_time() - cpu) / n
+
+
+def bare(iters: int, **_: Any) -> Timing:
+    opt = make_optimizer()
+
+    def step(t: int) -> None:
+        opt.step()
+
+    return time_loop(step, iters)
+
+
+def mmengine(iters: int, **_: Any) -> Timing:
+    import mmengine.optim.scheduler  # noqa: F401  (registers the scheduler types)
+    from mmengine.registry import PARAM_SCHEDULERS
+
+    opt = make_optimizer()
+    epochs = iters // EPOCH_LENGTH
+    scheds = []
+    for cfg in CONFIG:
+        cfg = dict(cfg)
+        cfg.setdefault("end", epochs if cfg.get("by_epoch", True) else iters)
+        scheds.append(
+            PARAM_SCHEDULERS.build(
+                cfg, default_args={"optimizer": opt, "epoch_length": EPOCH_LENGTH}
+            )
+        )
+    per_iter = [s for s in scheds if not s.by_epoch]
+    per_epoch = [s for s in scheds if s.by_epoch]
+
+    def step(t: int) -> None:
+        opt.step()
+        for s in per_iter:  # ParamSchedulerHook.after_train_iter
+            s.step()
+        if (t + 1) % EPOCH_LENGTH == 0:
+            for s in per_epoch:  # ParamSchedulerHook.after_train_epoch
+                s.step()
+
+    return time_loop(step, iters)
+
+
+def torch_lr_scheduler(iters: int, **_: Any) -> Timing:
+    from torch.optim import lr_scheduler
+
+    opt = make_optimizer()
+    sched = lr_scheduler.SequentialLR(
+        opt,
+        [
+            lr_scheduler.LinearLR(opt, start_factor=0.001, total_iters=WARMUP),
+            lr_scheduler.CosineAnnealingLR(opt, T_max=iters - WARMUP),
+        ],
+        milestones=[WARMUP],
+    )
+
+    def step(t: int) -> None:
+        opt.step()
+        sched.step()
+
+    return time_loop(step, iters)
+
+
+def paramsched(iters: int, *, client: Client, job_id: str, **_: Any) -> Timing:
+    opt = make_optimizer()
+    handle = client.attach(
+        opt, job_id, CONFIG, epoch_length=EPOCH_LENGTH, max_epochs=iters // EPOCH_LENGTH
+    )
+
+    def step(t: int) -> None:
+        opt.step()
+        if (t + 1) % EPOCH_LENGTH == 0:
+            handle.end_epoch()
+
+    try:
+        return time_loop(step, iters)
+    finally:
+        handle.detach()
+
+
+TIMES = ("wall", "cpu")
+LOOPS: dict[str, Callable[..., Timing]] = {
+    "bare": bare,
+    "mmengine": mmengine,
+    "torch": torch_lr_scheduler,
+    "paramsched": paramsched,
+}
+
+
+def run(target: str, iters: int, rounds: int) -> dict[str, Any]:
+    """Rounds of every loop; each round's overheads are paired with that round's bare
+    loop (run first and last in the round, averaged), and the medians reported."""
+    iters -= iters % EPOCH_LENGTH
+    client = Client(target)
+    job_id = f"bench-overhead-{uuid.uuid4().hex[:8]}"
+    absolute: dict[str, dict[str, list[float]]] = {k: {n: [] for n in LOOPS} for k in TIMES}
+    extra: dict[str, dict[str, list[float]]] = {k: {n: [] for n in LOOPS} for k in TIMES}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for loop in LOOPS.values():  # warm-up: imports, the job, caches
+            loop(min(iters, 1000), client=client, job_id=job_id + "-warm")
+        for _ in range(rounds):
+            got = {name: loop(iters, client=client, job_id=job_id) for name, loop in LOOPS.items()}
+            again = bare(iters)
+            base = [(got["bare"][i] + again[i]) / 2 for i in range(2)]
+            for i, kind in enumerate(TIMES):
+                for name, timing in got.items():
+                    absolute[kind][name].append(1e6 * (base[i] if name == "bare" else timing[i]))
+                    extra[kind][name].append(1e6 * (timing[i] - base[i]))
+    client.close()
+    result: dict[str, Any] = {"iters": iters, "rounds": rounds}
+    for kind in TIMES:
+        us = {name: statistics.median(v) for name, v in absolute[kind].items()}
+        plus = {name: statistics.median(v) for name, v in extra[kind].items() if name != "bare"}
+        result[kind] = {
+            "us_per_iter": us,
+            "overhead_us_per_iter": plus,
+            "ratio_paramsched_vs_mmengine": plus["paramsched"] / plus["mmengine"],
+            "ratio_paramsched_vs_torch": plus["paramsched"] / plus["torch"],
+        }
+    return result
+
+
+def pin_apart(server_pid: int) -> None:
+    """Give the server its own CPU, as it would have on its own machine: on a small
+    box the server's plan computation otherwise steals the training thread's core."""
+    cpus = sorted(os.sched_getaffinity(0))
+    if len(cpus) < 2:
+        return
+    os.sched_setaffinity(server_pid, {cpus[-1]})
+    for task in Path(f"/proc/{server_pid}/task").iterdir():
+        with contextlib.suppress(OSError):
+            os.sched_setaffinity(int(task.name), {cpus[-1]})
+    os.sched_setaffinity(0, set(cpus[:-1]))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--iters", type=int, default=20_000)
+    parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument("--target", help="a running server (default: start one)")
+    parser.add_argument("--json", type=Path, help="also write the results here")
+    args = parser.parse_args()
+    if args.target:
+        result = run(args.target, args.iters, args.rounds)
+    else:
+        from server_harness import ServerProcess
+
+        with tempfile.TemporaryDirectory() as data, ServerProcess(Path(data)).start() as server:
+            assert server.proc is not None
+            pin_apart(server.proc.pid)
+            result = run(server.address, args.iters, args.rounds)
+    print(f"{result['iters']} iterations x {result['rounds']} rounds, medians per iteration")
+    for kind in TIMES:
+        part = result[kind]
+        us, extra = part["us_per_iter"], part["overhead_us_per_iter"]
+        print(f"{kind} time:")
+        for name in LOOPS:
+            added = f"  ({extra[name]:+.2f} us)" if name in extra else ""
+            print(f"  {name:<11} {us[name]:8.2f} us/iter{added}")
+        print(f"  paramsched / mmengine overhead: {part['ratio_paramsched_vs_mmengine']:.2f}")
+        print(f"  paramsched / torch LRScheduler overhead: {part['ratio_paramsched_vs_torch']:.2f}")
+    if args.json:
+        args.json.write_text(json.dumps(result, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,174 @@
+"""``Client``: a connection to a paramsched server, and ``attach`` for optimizers.
+
+One ``Client`` per process is enough; it holds one gRPC channel that every handle
+shares. ``attach`` is the only call a training script needs; the job queries are here
+for tools and tests.
+"""
+
+from __future__ import annotations
+
+import weakref
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import grpc
+import torch
+
+from paramsched.api.v1 import scheduler_pb2
+
+from ._rpc import Connection
+from .handle import ScheduleHandle
+from .plan import decode_plan
+from .ranks import resolve_rank
+from .spec import build_spec
+
+ParamSchedulerConfig = Mapping[str, Any] | Sequence[Mapping[str, Any]]
+
+
+class Client:
+    """Talks to the paramsched server at ``target`` (``"host:port"``).
+
+    ``timeout``: seconds per RPC attempt. ``backoff_initial`` / ``backoff_max``: the
+    retry delays after UNAVAILABLE or a deadline. ``wait_timeout``: how long a rank
+    waits for values it cannot run without (plan exhausted, server down, a decision
+    pending) before raising, and how long calls such as ``attach`` keep retrying.
+    ``plan_size``: iterations of values fetched ahead, at least; a fast loop gets
+    plans that last ``prefetch_seconds`` at its iteration rate, up to
+    ``max_plan_size``. ``report_interval``: seconds between background progress
+    reports.
+    """
+
+    def __init__(
+        self,
+        target: str,
+        *,
+        timeout: float = 10.0,
+        backoff_initial: float = 0.05,
+        backoff_max: float = 2.0,
+        plan_size: int = 256,
+        max_plan_size: int = 4096,
+        prefetch_seconds: float = 2.0,
+        wait_timeout: float = 300.0,
+        report_interval: float = 1.0,
+        channel_options: Sequence[tuple[str, Any]] = (),
+        credentials: grpc.ChannelCredentials | None = None,
+    ) -> None:
+        if plan_size < 1:
+            raise ValueError(f"plan_size must be >= 1, got {plan_size}")
+        if wait_timeout <= 0 or report_interval <= 0:
+            raise ValueError("wait_timeout and report_interval must be > 0 seconds")
+        self.target = target
+        self.plan_size = int(plan_size)
+        self.max_plan_size = int(max_plan_size)
+        self.prefetch_seconds = float(prefetch_seconds)
+        self.wait_timeout = float(wait_timeout)
+        self.report_interval = float(report_interval)
+        self._conn = Connection(
+            target,
+            timeout=timeout,
+            backoff_initial=backoff_initial,
+            backoff_max=backoff_max,
+            channel_options=channel_options,
+            credentials=credentials,
+        )
+        self._handles: weakref.WeakSet[ScheduleHandle] = weakref.WeakSet()
+
+    def attach(
+        self,
+        optimizer: torch.optim.Optimizer,
+        job_id: str,
+        param_scheduler: ParamSchedulerConfig | None = None,
+        *,
+        epoch_length: int | None = None,
+        max_epochs: int | None = None,
+        max_iters: int | None = None,
+        rank: int | None = None,
+        world_size: int | None = None,
+    ) -> ScheduleHandle:
+        """Attach ``optimizer`` to job ``job_id``; it holds iteration 0's values on return.
+
+        With ``param_scheduler`` (MMEngine's config list) the job is created from it and
+        the optimizer's current param-group values, or joined if it exists with the
+        same config (a different one raises ``JobSpecMismatchError``). Without it the
+        job must exist (``JobNotFoundError`` otherwise). Attach before loading an
+        optimizer checkpoint: the job's initial values are read from the optimizer.
+        """
+        if not isinstance(job_id, str) or not job_id:
+            raise ValueError(f"job_id must be a non-empty string, got {job_id!r}")
+        rank, world_size = resolve_rank(rank, world_size)
+        request = scheduler_pb2.AttachJobRequest(
+            job_id=job_id, world_size=world_size, rank=rank, plan_size=self.plan_size
+        )
+        if param_scheduler is not None:
+            request.spec.CopyFrom(
+                build_spec(
+                    optimizer,
+                    param_scheduler,
+                    epoch_length=epoch_length,
+                    max_epochs=max_epochs,
+                    max_iters=max_iters,
+                )
+            )
+        elif any(v is not None for v in (epoch_length, max_epochs, max_iters)):
+            raise ValueError("epoch_length/max_epochs/max_iters need a param_scheduler config")
+        response = self._conn.call(
+            self._conn.stub.AttachJob,
+            request,
+            what=f"attaching to job {job_id!r} (rank {rank})",
+            wait=self.wait_timeout,
+        )
+        handle = ScheduleHandle(
+            self._conn,
+            optimizer,
+            response.job,
+            response.plan,
+            rank=rank,
+            world_size=world_size,
+            plan_size=self.plan_size,
+            wait_timeout=self.wait_timeout,
+            report_interval=self.report_interval,
+            max_plan_size=self.max_plan_size,
+            prefetch_seconds=self.prefetch_seconds,
+        )
+        self._handles.add(handle)
+        return handle
+
+    def get_job(self, job_id: str) -> scheduler_pb2.Job:
+        """The server's record of a job (``JobNotFoundError`` if absent)."""
+        response = self._conn.call(
+            self._conn.stub.GetJob,
+            scheduler_pb2.GetJobRequest(job_id=job_id),
+            what=f"reading job {job_id!r}",
+            wait=self.wait_timeout,
+        )
+        return response.job
+
+    def get_values(
+        self, job_id: str, start_iteration: int = 0, stop_iteration: int = 0
+    ) -> list[list[dict[str, float]]]:
+        """A job's values per iteration and group (``stop_iteration=0``: to the end)."""
+        response = self._conn.call(
+            self._conn.stub.GetValues,
+            scheduler_pb2.GetValuesRequest(
+                job_id=job_id, start_iteration=start_iteration, stop_iteration=stop_iteration
+            ),
+            what=f"reading the values of job {job_id!r}",
+            wait=self.wait_timeout,
+        )
+        plan = decode_plan(response.plan, max_iters=0)
+        return [plan.group_values(t) for t in range(plan.start, plan.stop)]
+
+    def close(self) -> None:
+        """Detach every handle of this client and close the channel."""
+        for handle in list(self._handles):
+            handle.detach()
+        self._conn.close()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"Client({self.target!r})"

@@ -1,0 +1,94 @@
+"""The client's exceptions, and the one place where gRPC status codes become them.
+
+Users catch these instead of ``grpc.RpcError``: a training script should not need to
+know the transport to tell "the server is down" from "you attached the wrong job".
+"""
+
+from __future__ import annotations
+
+import grpc
+
+
+class ParamschedError(RuntimeError):
+    """Base class of every error the paramsched client raises.
+
+    ``code`` is the gRPC status code that caused it, when one did.
+    """
+
+    def __init__(self, message: str, *, code: grpc.StatusCode | None = None) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class ScheduleUnavailableError(ParamschedError):
+    """No values for the iteration about to run arrived within ``wait_timeout``.
+
+    Raised instead of guessing a value: the message names the server, the job, the
+    iteration and how long the client waited.
+    """
+
+
+class DecisionRequiredError(ParamschedError):
+    """The next values wait for an epoch's validation decision nobody reported.
+
+    A ReduceOnPlateau scheduler decides at each epoch end; some rank must call
+    ``handle.end_epoch(metrics)`` (``metrics=None`` when no validation ran).
+    """
+
+
+class JobNotFoundError(ParamschedError):
+    """Attaching without a config to a job the server does not know."""
+
+
+class JobSpecMismatchError(ParamschedError):
+    """The job exists with a different config (the server's message shows the difference)."""
+
+
+class StaleGenerationError(ParamschedError):
+    """The job was resumed from a checkpoint after this rank attached; this rank must stop."""
+
+
+class InvalidArgumentError(ParamschedError, ValueError):
+    """The server rejected an input; its message names the field."""
+
+
+class AttachError(ParamschedError, ValueError):
+    """The optimizer does not fit the job (param-group count, missing keys)."""
+
+
+class EpochError(ParamschedError, ValueError):
+    """``end_epoch`` called where no epoch ends."""
+
+
+#: codes worth retrying with backoff: the server is down, restarting or overloaded.
+RETRYABLE_CODES = frozenset(
+    {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.ABORTED}
+)
+
+_BY_CODE: dict[grpc.StatusCode, type[ParamschedError]] = {
+    grpc.StatusCode.NOT_FOUND: JobNotFoundError,
+    grpc.StatusCode.ALREADY_EXISTS: JobSpecMismatchError,
+    grpc.StatusCode.FAILED_PRECONDITION: StaleGenerationError,
+    grpc.StatusCode.INVALID_ARGUMENT: InvalidArgumentError,
+    grpc.StatusCode.OUT_OF_RANGE: InvalidArgumentError,
+}
+
+
+def is_retryable(exc: BaseException) -> bool:
+    """Whether ``exc`` is a transport failure that a later attempt may not hit."""
+    return isinstance(exc, grpc.RpcError) and _code(exc) in RETRYABLE_CODES
+
+
+def _code(exc: grpc.RpcError) -> grpc.StatusCode | None:
+    code = getattr(exc, "code", None)
+    return code() if callable(code) else None
+
+
+def from_rpc_error(exc: grpc.RpcError, what: str) -> ParamschedError:
+    """Translate a non-retryable ``grpc.RpcError`` into the matching client error."""
+    code = _code(exc)
+    details_fn = getattr(exc, "details", None)
+    details = details_fn() if callable(details_fn) else str(exc)
+    cls = _BY_CODE.get(code, ParamschedError) if code is not None else ParamschedError
+    name = code.name if code is not None else "UNKNOWN"
+    return cls(f"{what}: {name}: {details}", code=code)

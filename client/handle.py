@@ -1,0 +1,516 @@
+"""``ScheduleHandle``: one optimizer attached to one job, on one rank.
+
+Timing follows MMEngine's Runner: the values of iteration ``t`` are in the optimizer
+while ``optimizer.step()`` of iteration ``t`` runs. Two optimizer hooks keep it so:
+
+* the step *post*-hook of iteration ``t`` counts the iteration and applies the values
+  of ``t + 1`` from the prefetched plan (a table look-up and a few dict writes); when
+  they are not in the plan (it ran out, or they wait on an epoch's validation
+  decision) it only notes that, so ``end_epoch`` can still supply the decision;
+* the step *pre*-hook refuses to run an iteration whose values are not applied: it
+  fetches them, blocking, for up to ``wait_timeout``, then raises. No value is guessed.
+
+Progress and refills travel on a background thread (``reporter.Reporter``). Errors
+from that thread (the job was resumed elsewhere, a rejected report) are raised in the
+training thread at the next step.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import warnings
+import weakref
+from collections.abc import Mapping
+from typing import Any
+
+import grpc
+import torch
+
+from paramsched.api.v1 import scheduler_pb2
+
+from ._rpc import Connection
+from .errors import (
+    DecisionRequiredError,
+    EpochError,
+    ParamschedError,
+    StaleGenerationError,
+    from_rpc_error,
+    is_retryable,
+)
+from .optim import Writer, apply_row, metrics_dict, read_values, writers
+from .plan import Plan, PlanSizer, Row, decode_plan
+from .reporter import Reporter
+
+STATE_FORMAT = "paramsched.schedule/v1"
+
+log = logging.getLogger(__name__)
+
+#: optimizers with a live handle: attaching one twice would count every step twice.
+_ATTACHED: weakref.WeakKeyDictionary[torch.optim.Optimizer, ScheduleHandle] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+class ScheduleHandle:
+    """The link between one optimizer and one job; returned by ``Client.attach``."""
+
+    def __init__(
+        self,
+        connection: Connection,
+        optimizer: torch.optim.Optimizer,
+        job: scheduler_pb2.Job,
+        plan: scheduler_pb2.Plan,
+        *,
+        rank: int,
+        world_size: int,
+        plan_size: int,
+        wait_timeout: float,
+        report_interval: float,
+        max_plan_size: int = 4096,
+        prefetch_seconds: float = 2.0,
+    ) -> None:
+        if optimizer in _ATTACHED:
+            raise ParamschedError(
+                f"this optimizer is already attached to job {_ATTACHED[optimizer].job_id!r}; "
+                "call handle.detach() first"
+            )
+        self._conn = connection
+        self._optimizer = optimizer
+        self.job_id: str = job.job_id
+        self.rank = rank
+        self.world_size = world_size
+        self._plan_size = plan_size
+        self._sizer = PlanSizer(plan_size, max_plan_size, prefetch_seconds)
+        self._asked: Plan | None = None  # the plan whose refill was already requested
+        self._wait_timeout = wait_timeout
+        self._lock = threading.Lock()
+        self._fatal: BaseException | None = None
+        self._last_epoch_ended: int | None = None
+        self._warned_past_end = False
+        self._detached = False
+        self._done = plan.start_iteration  # iterations completed = the next one to run
+        self._applied = -1  # the iteration whose values the optimizer holds
+        self._row: Row = ()
+        self._use_job(job, plan)
+        self._wait_for(self._done)
+        self._sizer.restart(self._done)
+        self._reporter = Reporter(
+            connection, self, report_interval, name=f"paramsched-{self.job_id}-rank{rank}"
+        )
+        self._wake = self._reporter.wake
+        self._hooks = [
+            optimizer.register_step_pre_hook(self._pre_step),
+            optimizer.register_step_post_hook(self._post_step),
+        ]
+        _ATTACHED[optimizer] = self
+        self._reporter.start()
+
+    # ------------------------------------------------------------------ job
+
+    def _use_job(self, job: scheduler_pb2.Job, plan: scheduler_pb2.Plan) -> None:
+        """Adopt a job record (attach, resume): its generation, shape and first plan."""
+        self._job = job
+        self._generation = job.generation
+        self._max_iters = job.max_iters
+        self._epoch_length = job.epoch_length if job.HasField("epoch_length") else None
+        self._epoch_based = job.spec.HasField("max_epochs")
+        self._params = tuple(job.params)
+        self._writers: list[Writer] = writers(
+            self._optimizer, self._params, job.num_groups, job.momentum_via_betas, job.job_id
+        )
+        self._plan = self._decode(plan)
+
+    def _decode(self, message: scheduler_pb2.Plan) -> Plan:
+        plan = decode_plan(message, max_iters=self._max_iters)
+        if plan.n and (plan.params != self._params or plan.num_groups != self._job.num_groups):
+            raise ParamschedError(
+                f"plan for job {self.job_id!r} has params {plan.params} x {plan.num_groups} "
+                f"groups, the job {self._params} x {self._job.num_groups}"
+            )
+        return plan
+
+    @property
+    def optimizer(self) -> torch.optim.Optimizer:
+        return self._optimizer
+
+    @property
+    def iteration(self) -> int:
+        """Iterations completed: the index of the iteration that runs next."""
+        return self._done
+
+    @property
+    def epoch(self) -> int | None:
+        """The epoch the next iteration belongs to (None for iteration-based jobs)."""
+        if not self._epoch_based or not self._epoch_length:
+            return None
+        return self._done // self._epoch_length
+
+    @property
+    def generation(self) -> int:
+        """The job's generation this rank runs in (bumped by every resume)."""
+        return self._generation
+
+    @property
+    def max_iters(self) -> int:
+        return self._max_iters
+
+    @property
+    def params(self) -> tuple[str, ...]:
+        """The scheduled param_group keys, e.g. ``("lr", "momentum")``."""
+        return self._params
+
+    @property
+    def values(self) -> list[dict[str, float]]:
+        """The scheduled values in the optimizer now, one dict per param group."""
+        if self._row:
+            width = len(self._params)
+            return [
+                dict(zip(self._params, self._row[g * width : (g + 1) * width], strict=True))
+                for g in range(self._job.num_groups)
+            ]
+        return read_values(self._optimizer, self._params, self._job.momentum_via_betas)
+
+    @property
+    def job(self) -> scheduler_pb2.Job:
+        """The job record as the server last sent it (spec, params, generation)."""
+        return self._job
+
+    # ------------------------------------------------------------------ hot path
+
+    def _pre_step(self, optimizer: Any, args: Any, kwargs: Any) -> None:
+        if self._applied != self._done or self._fatal is not None:
+            self._catch_up()
+
+    def _post_step(self, optimizer: Any, args: Any, kwargs: Any) -> None:
+        t = self._done + 1
+        self._done = t
+        plan = self._plan
+        k = t - plan.start
+        if 0 <= k < plan.n:
+            width = plan.width
+            row = plan.values[k * width : (k + 1) * width]
+            apply_row(self._optimizer, self._writers, row)
+            self._row = row
+            self._applied = t
+            if t >= plan.refill_at and self._asked is not plan:
+                self._asked = plan
+                self._wake.set()
+        else:
+            self._plan_ran_out(t)
+
+    # ------------------------------------------------------------------ slow path
+
+    def _plan_ran_out(self, t: int) -> None:
+        """After a step: fetch the next values now, unless they wait on the decision of
+        the epoch that ends here (``end_epoch`` brings it) or the job is over."""
+        self._wake.set()
+        if t > self._max_iters:
+            return
+        plan = self._plan
+        if plan.waits_for_epoch is not None and plan.stop == t:
+            return
+        # Outran the refill: the loop is faster than plans of this size can follow.
+        self._sizer.outran()
+        self._wait_for(t, until_decision=True)
+
+    def _catch_up(self) -> None:
+        if self._fatal is not None:
+            raise self._fatal
+        t = self._done
+        if t > self._max_iters:
+            if not self._warned_past_end:
+                self._warned_past_end = True
+                warnings.warn(
+                    f"job {self.job_id!r} has {self._max_iters} iterations but the optimizer "
+                    f"stepped {t} times; the last values are held",
+                    RuntimeWarning,
+                    stacklevel=4,
+                )
+            self._applied = t
+            return
+        self._wait_for(t)
+
+    def _apply(self, t: int) -> bool:
+        plan = self._plan
+        if not plan.covers(t):
+            return False
+        row = plan.row(t)
+        apply_row(self._optimizer, self._writers, row)
+        self._row = row
+        self._applied = t
+        return True
+
+    def _request(
+        self, iteration: int, plan_size: int | None = None
+    ) -> scheduler_pb2.ReportProgressRequest:
+        return scheduler_pb2.ReportProgressRequest(
+            job_id=self.job_id,
+            generation=self._generation,
+            rank=self.rank,
+            iteration=iteration,
+            plan_size=self._sizer.want if plan_size is None else plan_size,
+        )
+
+    def _wait_for(self, t: int, *, until_decision: bool = False) -> bool:
+        """Apply the values of iteration ``t``, asking the server until they come.
+
+        Transport failures are retried with backoff; a pending validation decision is
+        polled, or with ``until_decision`` ends the wait (returns False) when it is the
+        decision of the epoch that ends at ``t``. Gives up after ``wait_timeout``
+        seconds with an error that says which server, job and iteration, and what was
+        missing.
+        """
+        start = time.monotonic()
+        backoff = self._conn.backoff()
+        last: BaseException | None = None
+        waits: int | None = None
+        while not self._apply(t):
+            plan = self._plan
+            if plan.waits_for_epoch is not None and plan.stop <= t:
+                waits = plan.waits_for_epoch
+                if until_decision and plan.stop == t:
+                    return False
+                if self.world_size == 1 and self._last_epoch_ended != waits:
+                    raise self._decision_error(t, waits, time.monotonic() - start)
+            try:
+                response = self._conn.call_once(self._conn.stub.ReportProgress, self._request(t))
+            except grpc.RpcError as exc:
+                if not is_retryable(exc):
+                    raise self._rpc_failed(exc, f"fetching the values of iteration {t}") from None
+                last = exc
+                delay = backoff.next_delay()
+            else:
+                self.merge_plan(response.plan)
+                if self._apply(t):
+                    return True
+                if response.plan.HasField("waits_for_epoch"):
+                    waits = response.plan.waits_for_epoch
+                    if until_decision and response.plan.start_iteration == t:
+                        return False
+                last = None
+                delay = min(backoff.next_delay(), 1.0)
+            waited = time.monotonic() - start
+            if waited + delay > self._wait_timeout:
+                if waits is not None and last is None:
+                    raise self._decision_error(t, waits, waited)
+                raise self._conn.unavailable(
+                    f"job {self.job_id!r} (rank {self.rank}): values of iteration {t}",
+                    waited,
+                    last,
+                    extra=f" (wait_timeout={self._wait_timeout:g}s)",
+                )
+            time.sleep(delay)
+        return True
+
+    def _decision_error(self, t: int, epoch: int, waited: float) -> DecisionRequiredError:
+        who = (
+            "this process never reported it"
+            if self.world_size == 1
+            else f"no rank reported it within {waited:.1f}s"
+        )
+        return DecisionRequiredError(
+            f"job {self.job_id!r} on {self._conn.target}: the values of iteration {t} wait "
+            f"for the validation decision of epoch {epoch} (ReduceOnPlateau) and {who}; call "
+            "handle.end_epoch(metrics) after every epoch (metrics=None when no validation ran)"
+        )
+
+    def _rpc_failed(self, exc: grpc.RpcError, what: str) -> ParamschedError:
+        error = from_rpc_error(exc, f"job {self.job_id!r} (rank {self.rank}): {what}")
+        if isinstance(error, StaleGenerationError):
+            error = self._stale(error)
+            self._fatal = error
+        return error
+
+    def _stale(self, error: BaseException) -> StaleGenerationError:
+        return StaleGenerationError(
+            f"job {self.job_id!r} was resumed from a checkpoint after rank {self.rank} "
+            f"attached (this rank runs generation {self._generation}); stop this rank, "
+            f"restart it and call handle.load_state_dict(checkpoint). Server said: {error}",
+            code=grpc.StatusCode.FAILED_PRECONDITION,
+        )
+
+    # ------------------------------------------------------------------ reporter session
+
+    def progress_request(self, last_sent: int | None) -> scheduler_pb2.ReportProgressRequest | None:
+        self._sizer.observe(self._done, self._plan.n)
+        done = min(self._done, self._max_iters)
+        plan = self._plan
+        refill_due = self._done <= self._max_iters and (
+            self._done >= plan.refill_at or not plan.covers(self._done)
+        )
+        if done == last_sent and not refill_due:
+            return None
+        # A report that needs no refill asks for a one-iteration plan: nothing to decode.
+        return self._request(done, None if refill_due else 1)
+
+    def merge_plan(self, message: scheduler_pb2.Plan) -> None:
+        """Adopt ``message`` if it is of this generation and reaches further.
+
+        Values never change within a generation, so any plan that covers the next
+        iteration is as good as another; keep the one that lasts longest.
+        """
+        if message.generation != self._generation:
+            return
+        new = self._decode(message)
+        with self._lock:
+            if new.generation != self._generation:
+                return
+            need = self._done
+            cur = self._plan
+            new_ok, cur_ok = new.covers(need), cur.covers(need)
+            if (new_ok or not cur_ok) and (new.stop >= cur.stop or not cur_ok):
+                self._plan = new
+
+    def fail(self, error: BaseException, generation: int) -> None:
+        if generation != self._generation:
+            return  # a report from before a resume of our own
+        if isinstance(error, StaleGenerationError):
+            error = self._stale(error)
+        self._fatal = error
+
+    # ------------------------------------------------------------------ public API
+
+    def end_epoch(self, metrics: Mapping[str, Any] | None = None) -> None:
+        """Report that an epoch ended, with its validation metrics (None: not validated).
+
+        Call it after the epoch's last ``optimizer.step()``. When the next values wait
+        on this epoch's decision (ReduceOnPlateau), the report is sent now and those
+        values are in the optimizer when this returns. When they do not (no plateau
+        scheduler is active, or another rank decided first), nothing needs sending:
+        the iteration count already tells the server where the epoch ended.
+        """
+        self._check_alive()
+        if not self._epoch_based or not self._epoch_length:
+            raise EpochError(
+                f"job {self.job_id!r} is iteration-based (max_iters); it has no epochs to end"
+            )
+        length, done = self._epoch_length, self._done
+        if done == 0 or done % length:
+            raise EpochError(
+                f"end_epoch() after {done} iteration(s) of job {self.job_id!r}: epochs end every "
+                f"{length} iterations (epoch_length), the next one after iteration "
+                f"{(done // length + 1) * length}"
+            )
+        epoch = done // length - 1
+        if epoch == self._last_epoch_ended:
+            raise EpochError(f"epoch {epoch} of job {self.job_id!r} already ended")
+        values = metrics_dict(metrics)
+        if self._applied == done:
+            # The values after this epoch end are known already: the schedule does not
+            # depend on this epoch's metrics (or another rank decided). The iteration
+            # count in the next progress report says all the server needs.
+            self._last_epoch_ended = epoch
+            return
+        request = self._request(done)
+        request.epoch_end = epoch
+        request.has_metrics = values is not None
+        if values:
+            request.metrics.update(values)
+        what = f"job {self.job_id!r} (rank {self.rank}): ending epoch {epoch}"
+        try:
+            response = self._conn.call(
+                self._conn.stub.ReportProgress, request, what=what, wait=self._wait_timeout
+            )
+        except StaleGenerationError as exc:
+            self._fatal = self._stale(exc)
+            raise self._fatal from None
+        self._last_epoch_ended = epoch
+        self.merge_plan(response.plan)
+        self._wait_for(done)
+
+    def state_dict(self) -> dict[str, Any]:
+        """The schedule's checkpoint: plain strings and ints (``torch.load(weights_only=True)``).
+
+        It holds the job's spec and every decision up to this iteration, so it can
+        recreate the job on a server that never saw it.
+        """
+        self._check_alive()
+        iteration = min(self._done, self._max_iters)
+        what = f"job {self.job_id!r}: saving the schedule state at iteration {iteration}"
+        response = self._conn.call(
+            self._conn.stub.GetState,
+            scheduler_pb2.GetStateRequest(job_id=self.job_id, iteration=iteration),
+            what=what,
+            wait=self._wait_timeout,
+        )
+        return {
+            "format": STATE_FORMAT,
+            "job_id": self.job_id,
+            "iteration": iteration,
+            "generation": self._generation,
+            "state_json": response.state_json,
+        }
+
+    def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
+        """Resume from ``state_dict()``: a new generation, values of its next iteration.
+
+        Works against any server, including one whose store is empty. Every rank loads
+        the same checkpoint; the first load bumps the job's generation, the others join.
+        """
+        self._check_alive()
+        if not isinstance(state_dict, Mapping) or "state_json" not in state_dict:
+            raise ValueError("not a paramsched state_dict (from handle.state_dict())")
+        fmt = state_dict.get("format", STATE_FORMAT)
+        if fmt != STATE_FORMAT:
+            raise ValueError(f"unknown paramsched state format {fmt!r}")
+        request = scheduler_pb2.LoadStateRequest(
+            job_id=self.job_id, state_json=str(state_dict["state_json"]), plan_size=self._plan_size
+        )
+        response = self._conn.call(
+            self._conn.stub.LoadState,
+            request,
+            what=f"job {self.job_id!r}: loading the schedule state",
+            wait=self._wait_timeout,
+        )
+        with self._lock:
+            self._reporter.reset()
+            self._use_job(response.job, response.plan)
+            self._done = response.plan.start_iteration
+            self._applied = -1
+            self._row = ()
+            self._last_epoch_ended = None
+            self._warned_past_end = False
+            self._fatal = None
+            self._sizer.restart()
+        # A checkpoint taken at an epoch end before end_epoch() waits for that decision:
+        # the caller may still make it (end_epoch), the next step insists on it.
+        self._wait_for(self._done, until_decision=True)
+
+    def _check_alive(self) -> None:
+        if self._detached:
+            raise ParamschedError(f"the handle of job {self.job_id!r} is detached")
+        if self._fatal is not None:
+            raise self._fatal
+
+    def detach(self) -> None:
+        """Remove the optimizer hooks, stop the reporter and tell the server where this
+        rank stopped (best effort: a server that is down is not waited for)."""
+        if self._detached:
+            return
+        self._detached = True
+        for hook in self._hooks:
+            hook.remove()
+        if _ATTACHED.get(self._optimizer) is self:
+            del _ATTACHED[self._optimizer]
+        self._reporter.close(timeout=1.0)  # a daemon: a hung RPC must not hang detach
+        if self._fatal is None:
+            try:
+                self._reporter.report_progress(timeout=min(self._conn.timeout, 2.0))
+            except grpc.RpcError as exc:
+                log.debug("paramsched job %r: final report failed: %s", self.job_id, exc)
+
+    close = detach
+
+    def __enter__(self) -> ScheduleHandle:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.detach()
+
+    def __repr__(self) -> str:
+        return (
+            f"ScheduleHandle(job_id={self.job_id!r}, rank={self.rank}/{self.world_size}, "
+            f"iteration={self._done}, generation={self._generation})"
+        )

@@ -1,0 +1,133 @@
+"""Decoded plans: the values of a window of upcoming iterations, ready to apply.
+
+The server sends ``values[(i * num_groups + g) * len(params) + p]``; decoding copies
+that into one flat tuple (one C-level conversion, off the training thread: the
+background thread must hold the GIL as briefly as possible while the training thread
+runs), and applying iteration ``t`` slices its row out of it. Plans are immutable:
+the background thread swaps in a new one with a single attribute store, which the
+training thread reads without a lock (values for an iteration never change, so any
+plan that covers it holds the same row).
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from dataclasses import dataclass
+
+from paramsched.api.v1 import scheduler_pb2
+
+from .errors import ParamschedError
+
+Row = tuple[float, ...]
+
+#: ``refill_at`` of a plan that needs no refill (it reaches the end of the job, or
+#: stops at a pending decision that a refill cannot get past).
+NEVER = sys.maxsize
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    """Values for iterations ``[start, start + n)``: ``width`` values per iteration
+    (``num_groups * len(params)``), flat, in the wire order."""
+
+    start: int
+    n: int
+    values: tuple[float, ...]
+    params: tuple[str, ...]
+    num_groups: int
+    generation: int
+    waits_for_epoch: int | None = None
+    refill_at: int = NEVER
+
+    @property
+    def stop(self) -> int:
+        return self.start + self.n
+
+    @property
+    def width(self) -> int:
+        return self.num_groups * len(self.params)
+
+    def covers(self, iteration: int) -> bool:
+        return self.start <= iteration < self.start + self.n
+
+    def row(self, iteration: int) -> Row:
+        width = self.num_groups * len(self.params)
+        base = (iteration - self.start) * width
+        return self.values[base : base + width]
+
+    def group_values(self, iteration: int) -> list[dict[str, float]]:
+        """The row of ``iteration`` as one ``{param: value}`` dict per param group."""
+        row = self.row(iteration)
+        width = len(self.params)
+        return [
+            dict(zip(self.params, row[g * width : (g + 1) * width], strict=True))
+            for g in range(self.num_groups)
+        ]
+
+
+def decode_plan(message: scheduler_pb2.Plan, *, max_iters: int) -> Plan:
+    """Copy a wire plan into a ``Plan`` and work out when to ask for the next one.
+
+    A refill is wanted once fewer than half of the plan's iterations remain, unless
+    the plan already reaches the job's last iteration (``max_iters``: the values
+    after training) or stops at a pending decision.
+    """
+    params = tuple(message.params)
+    width = len(params) * message.num_groups
+    n = message.num_iterations
+    values = tuple(message.values)
+    if n < 0 or len(values) != n * width:
+        raise ParamschedError(
+            f"malformed plan from the server: {n} iterations x {message.num_groups} groups x "
+            f"{len(params)} params but {len(values)} values"
+        )
+    start = message.start_iteration
+    stop = start + n
+    waits = message.waits_for_epoch if message.HasField("waits_for_epoch") else None
+    complete = waits is not None or stop > max_iters or n == 0
+    refill_at = NEVER if complete else stop - max(1, n // 2)
+    return Plan(start, n, values, params, message.num_groups, message.generation, waits, refill_at)
+
+
+class PlanSizer:
+    """How many iterations of plan to ask for: enough to last ``prefetch_seconds``.
+
+    A plan is refilled once half of it is used, so the other half must outlast the
+    refill's round trip. A slow loop is served by ``minimum``; a fast one (a small
+    model, a benchmark) gets longer plans as its observed iteration rate demands, up
+    to ``maximum`` and at most twice the current plan per refill (a plan twice as
+    long takes the server about twice as long to compute). Running out of plan
+    doubles the size at once.
+    """
+
+    def __init__(self, minimum: int, maximum: int, prefetch_seconds: float) -> None:
+        self.minimum = minimum
+        self.maximum = max(minimum, maximum)
+        self.prefetch_seconds = prefetch_seconds
+        self.want = minimum
+        self._mark: tuple[float, int] | None = None
+
+    def restart(self, iteration: int | None = None) -> None:
+        """Start measuring the rate afresh (at attach and resume)."""
+        self._mark = None if iteration is None else (time.monotonic(), iteration)
+
+    def observe(self, iteration: int, current_plan: int) -> int:
+        """Update the rate with the iteration count now; returns the size to ask for."""
+        now = time.monotonic()
+        mark = self._mark
+        if mark is None or iteration < mark[1]:
+            self._mark = (now, iteration)
+            return self.want
+        elapsed = now - mark[0]
+        if elapsed >= 0.005:
+            rate = (iteration - mark[1]) / elapsed
+            grow = 2 * max(current_plan, self.minimum)
+            wanted = min(int(rate * self.prefetch_seconds), grow, self.maximum)
+            self.want = max(self.minimum, wanted)
+            self._mark = (now, iteration)
+        return self.want
+
+    def outran(self) -> None:
+        """The loop ran out of plan before the refill came: ask for more next time."""
+        self.want = min(self.maximum, self.want * 2)
