@@ -62,6 +62,7 @@ class Connection:
         backoff_max: float,
         channel_options: Sequence[tuple[str, Any]] = (),
         credentials: grpc.ChannelCredentials | None = None,
+        token: str | None = None,
     ) -> None:
         if timeout <= 0:
             raise ValueError(f"timeout must be > 0 seconds, got {timeout!r}")
@@ -76,6 +77,10 @@ class Connection:
         else:
             self.channel = grpc.secure_channel(target, credentials, options=options)
         self.stub = scheduler_pb2_grpc.SchedulerServiceStub(self.channel)
+        # Sent with every call (also on plaintext channels, which gRPC's call
+        # credentials refuse); never logged or put in an error message.
+        self.metadata: tuple[tuple[str, str], ...] = (
+            (("authorization", f"Bearer {token}"),) if token else ())
 
     def backoff(self) -> Backoff:
         return Backoff(self.backoff_initial, self.backoff_max)
@@ -84,7 +89,8 @@ class Connection:
         self, method: Callable[..., Response], request: Any, timeout: float | None = None
     ) -> Response:
         """One attempt; raises ``grpc.RpcError`` unchanged (callers decide on retries)."""
-        return method(request, timeout=self.timeout if timeout is None else timeout)
+        return method(request, timeout=self.timeout if timeout is None else timeout,
+                      metadata=self.metadata)
 
     def call(
         self,

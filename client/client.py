@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import weakref
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -52,6 +53,12 @@ class Client:
         report_interval: float = 1.0,
         channel_options: Sequence[tuple[str, Any]] = (),
         credentials: grpc.ChannelCredentials | None = None,
+        token: str | None = None,
+        tls: bool = False,
+        root_certificates: bytes | str | Path | None = None,
+        client_certificate: bytes | str | Path | None = None,
+        client_key: bytes | str | Path | None = None,
+        load_balancing: str | None = None,
     ) -> None:
         if plan_size < 1:
             raise ValueError(f"plan_size must be >= 1, got {plan_size}")
@@ -63,13 +70,25 @@ class Client:
         self.prefetch_seconds = float(prefetch_seconds)
         self.wait_timeout = float(wait_timeout)
         self.report_interval = float(report_interval)
+        if credentials is None and (tls or root_certificates or client_certificate
+                                    or client_key):
+            if (client_certificate is None) != (client_key is None):
+                raise ValueError("mutual TLS needs both client_certificate and client_key")
+            credentials = grpc.ssl_channel_credentials(
+                root_certificates=_pem(root_certificates),
+                private_key=_pem(client_key),
+                certificate_chain=_pem(client_certificate))
+        options = list(channel_options)
+        if load_balancing:
+            options.append(("grpc.lb_policy_name", load_balancing))
         self._conn = Connection(
             target,
             timeout=timeout,
             backoff_initial=backoff_initial,
             backoff_max=backoff_max,
-            channel_options=channel_options,
+            channel_options=options,
             credentials=credentials,
+            token=token,
         )
         self._handles: weakref.WeakSet[ScheduleHandle] = weakref.WeakSet()
 
@@ -172,3 +191,10 @@ class Client:
 
     def __repr__(self) -> str:
         return f"Client({self.target!r})"
+
+
+def _pem(value: bytes | str | Path | None) -> bytes | None:
+    """PEM bytes, from bytes or a file path."""
+    if value is None or isinstance(value, bytes):
+        return value
+    return Path(value).read_bytes()

@@ -21,17 +21,17 @@ from typing import Any
 import grpc
 import pytest
 import redis
-import test_store_contract as contract
 from redis.asyncio.cluster import RedisCluster as AsyncRedisCluster
 from redis.crc import key_slot
-from redis_cluster_harness import RedisCluster
 
 from paramsched.api.v1 import scheduler_pb2 as pb
 from paramsched.api.v1 import scheduler_pb2_grpc as pb_grpc
 from paramsched.server.store import JobStore, RedisJobStore, StoreUnavailable, open_store
 from paramsched.server.store.redis_store import cluster_url
 
+import test_store_contract as contract
 from process_harness import ServerProcess
+from redis_cluster_harness import RedisCluster
 from test_service_grpc import PLATEAU, decode, engine_values, spec_proto
 
 Opener = Callable[[], JobStore]
