@@ -62,6 +62,29 @@ class ServerProcess:
     def target(self) -> str:
         return f"127.0.0.1:{self.port}"
 
+    address = target
+
+    def restart(self, timeout: float = 30.0) -> ServerProcess:
+        """Start again on the same port and data dir (after ``kill`` or ``stop``): the
+        port may take a moment to be free again."""
+        self.stop()
+        self.command[self.command.index("--port") + 1] = str(self.port)
+        self.log.clear()
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                return self.start(timeout=max(1.0, deadline - time.monotonic()))
+            except RuntimeError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.2)
+
+    def __enter__(self) -> ServerProcess:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
     def wait_healthy(self, timeout: float = 10.0) -> None:
         with grpc.insecure_channel(self.target) as channel:
             stub = health_pb2_grpc.HealthStub(channel)

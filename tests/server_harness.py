@@ -14,17 +14,11 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
-import re
-import signal
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
 from concurrent import futures
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import grpc
@@ -271,110 +265,3 @@ def fake_server(servicer: FakeScheduler | None = None) -> Iterator[tuple[FakeSch
         yield servicer, f"127.0.0.1:{port}"
     finally:
         server.stop(grace=None)
-
-
-# --------------------------------------------------------------------------- real server
-
-_LISTENING = re.compile(r"listening on [^\s:]+:(\d+)")
-
-
-def server_available() -> bool:
-    """Whether the real server (``paramsched.server.app``) is installed."""
-    try:
-        import paramsched.server.app  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
-def paramsched_cli() -> list[str]:
-    """The ``paramsched`` console script of this environment."""
-    script = Path(sys.executable).with_name("paramsched")
-    if script.exists():
-        return [str(script)]
-    return [sys.executable, "-m", "paramsched.server.app"]
-
-
-class ServerProcess:
-    """``paramsched serve`` as a child process, found via its "listening on" log line."""
-
-    def __init__(self, data_dir: Path, port: int = 0, extra_args: tuple[str, ...] = ()) -> None:
-        self.data_dir = Path(data_dir)
-        self.port = port
-        self.extra_args = extra_args
-        self.proc: subprocess.Popen[str] | None = None
-        self.log: list[str] = []
-
-    @property
-    def address(self) -> str:
-        return f"127.0.0.1:{self.port}"
-
-    def start(self, timeout: float = 30.0) -> ServerProcess:
-        self.data_dir.mkdir(parents=True, exist_ok=True)
-        args = [
-            *paramsched_cli(),
-            "serve",
-            "--port",
-            str(self.port),
-            "--data-dir",
-            str(self.data_dir),
-            *self.extra_args,
-        ]
-        env = dict(os.environ, PYTHONUNBUFFERED="1")
-        self.proc = subprocess.Popen(
-            args,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-            env=env,
-        )
-        found: list[int] = []
-        ready = threading.Event()
-
-        def pump(stream: Any) -> None:
-            for line in stream:
-                self.log.append(line)
-                match = _LISTENING.search(line)
-                if match and not found:
-                    found.append(int(match.group(1)))
-                    ready.set()
-            ready.set()
-
-        threading.Thread(target=pump, args=(self.proc.stdout,), daemon=True).start()
-        if not ready.wait(timeout) or not found:
-            self.stop()
-            raise RuntimeError(f"paramsched serve did not start:\n{''.join(self.log)}")
-        self.port = found[0]
-        return self
-
-    def kill(self) -> None:
-        """SIGKILL: no shutdown handler runs (the durability tests' crash)."""
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGKILL)
-            self.proc.wait(10)
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
-
-    def restart(self, timeout: float = 30.0) -> ServerProcess:
-        """Start again on the same port and data dir (after ``kill`` or ``stop``)."""
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                return self.start(timeout=max(1.0, deadline - time.monotonic()))
-            except RuntimeError:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.2)
-
-    def __enter__(self) -> ServerProcess:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()

@@ -28,12 +28,8 @@ from paramsched import Client
 from paramsched.client import InvalidArgumentError, ScheduleHandle
 
 from oracle_mmengine import first_mismatch, mmengine_curves
-from server_harness import ServerProcess, server_available
+from process_harness import ServerProcess
 from strategies import Case, cases
-
-pytestmark = pytest.mark.skipif(
-    not server_available(), reason="paramsched.server.app is not installed yet"
-)
 
 ROOT = Path(__file__).resolve().parent.parent
 SGD_GROUPS = [
@@ -59,7 +55,7 @@ TOTAL = EPOCH_LENGTH * MAX_EPOCHS
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    with ServerProcess(tmp_path_factory.mktemp("server")).start() as served:
+    with ServerProcess(data_dir=tmp_path_factory.mktemp("server")).start() as served:
         yield served
 
 
@@ -239,8 +235,8 @@ def test_four_ranks_on_two_servers_sharing_one_redis(tmp_path: Path) -> None:
     with redis:
         extra = ("--redis-url", redis.url)
         with (
-            ServerProcess(tmp_path / "a", extra_args=extra).start() as a,
-            ServerProcess(tmp_path / "b", extra_args=extra).start() as b,
+            ServerProcess(data_dir=tmp_path / "a", args=list(extra)).start() as a,
+            ServerProcess(data_dir=tmp_path / "b", args=list(extra)).start() as b,
         ):
             record = tmp_path / "record"
             record.mkdir()
@@ -254,7 +250,7 @@ def test_resume_into_a_fresh_server_with_an_empty_store(tmp_path: Path) -> None:
     expected, names = oracle(SGD_GROUPS)
     job, n = _job(), 3 * EPOCH_LENGTH
     first_dir = tmp_path / "first"
-    with ServerProcess(first_dir).start() as first, Client(first.address) as client:
+    with ServerProcess(data_dir=first_dir).start() as first, Client(first.address) as client:
         opt = make_optimizer(SGD_GROUPS)
         handle = client.attach(opt, job, SCHEDULE, epoch_length=EPOCH_LENGTH, max_epochs=MAX_EPOCHS)
         before = train(handle, opt, names, 0, n, EPOCH_LENGTH, METRICS)
@@ -266,7 +262,8 @@ def test_resume_into_a_fresh_server_with_an_empty_store(tmp_path: Path) -> None:
     shutil.rmtree(first_dir)  # everything the first server knew is gone
 
     ckpt = torch.load(tmp_path / "c.pt", weights_only=True)
-    with ServerProcess(tmp_path / "second").start() as second, Client(second.address) as client:
+    second_server = ServerProcess(data_dir=tmp_path / "second").start()
+    with second_server as second, Client(second.address) as client:
         opt = make_optimizer(SGD_GROUPS)
         handle = client.attach(opt, job, SCHEDULE, epoch_length=EPOCH_LENGTH, max_epochs=MAX_EPOCHS)
         opt.load_state_dict(ckpt["optimizer"])
@@ -281,7 +278,7 @@ def test_resume_into_a_fresh_server_with_an_empty_store(tmp_path: Path) -> None:
 
 def test_server_killed_mid_run_and_restarted_changes_nothing(tmp_path: Path) -> None:
     expected, names = oracle(SGD_GROUPS)
-    server = ServerProcess(tmp_path / "data").start()
+    server = ServerProcess(data_dir=tmp_path / "data").start()
     restarted = threading.Event()
 
     def crash(t: int) -> None:
