@@ -740,7 +740,7 @@ class SchedulerService:
         check_job_id(job_id)
         if not 0 < preview <= 100_000:
             raise InvalidArgument("must be in [1, 100000]", field="preview_iterations")
-        for _attempt in range(3):
+        for _attempt in range(5):
             record = await self._get_record(job_id)
             entry = self._loaded(record)
             data = dict(change)
@@ -787,6 +787,8 @@ class SchedulerService:
             except ChangeConflict:
                 continue  # another change landed meanwhile: compute this one again
             except TooEarly as exc:
+                if change.get("from_iteration") is None:
+                    continue  # ranks moved on meanwhile: the earliest iteration is later now
                 raise FailedPrecondition(str(exc)) from None
             except StaleGeneration as exc:
                 raise FailedPrecondition(str(exc)) from None

@@ -306,8 +306,8 @@ class RedisJobStore:
     ``socket_timeout`` bounds every connect and reply (a hung Redis surfaces as
     ``StoreUnavailable`` after about twice that: one retry on a fresh connection).
     ``prefix`` namespaces the keys, so several deployments can share one Redis.
-    ``max_connections`` (cluster only) caps the connections per node and the store's
-    commands in flight.
+    ``max_connections`` caps the connections (per node on a cluster); commands beyond
+    it wait for a free one.
     """
 
     def __init__(
@@ -337,7 +337,12 @@ class RedisJobStore:
                 plain_url, max_connections=max_connections, **options
             )
         else:
-            self._redis = aioredis.Redis.from_url(url, **options)
+            # A blocking pool: past max_connections a command waits (up to the socket
+            # timeout) for a free connection, rather than failing at once with "Too many
+            # connections" as redis-py's default pool does under a burst of reports.
+            pool = aioredis.BlockingConnectionPool.from_url(
+                url, max_connections=max_connections, timeout=socket_timeout, **options)
+            self._redis = aioredis.Redis(connection_pool=pool)
         # Created lazily on the event loop that uses the store.
         self._max_in_flight = max_connections
         self._in_flight: asyncio.Semaphore | None = None
@@ -562,4 +567,7 @@ class RedisJobStore:
     async def close(self) -> None:
         """Close the connection pool (a later call would open new connections)."""
         async with self._backend("close"):
-            await self._redis.aclose()
+            if isinstance(self._redis, RedisCluster):
+                await self._redis.aclose()
+            else:  # the pool was passed in, so the client would leave it open
+                await self._redis.aclose(close_connection_pool=True)
