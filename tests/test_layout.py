@@ -52,3 +52,19 @@ def test_generated_code_matches_the_proto(tmp_path: Path):
     assert names == ["scheduler_pb2.py", "scheduler_pb2.pyi", "scheduler_pb2_grpc.py"]
     drifted = [n for n in names if not filecmp.cmp(generated / n, committed / n, shallow=False)]
     assert not drifted, f"regenerate with `make proto`: {drifted} differ from scheduler.proto"
+
+
+def test_every_package_folder_is_in_the_distribution():
+    """setuptools' explicit package list must name every folder with an __init__.py,
+    or a non-editable install (the server image) silently lacks it."""
+    import tomllib
+
+    config = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+    listed = set(config["packages"])
+    roots = {name: ROOT / folder for name, folder in config["package-dir"].items()}
+    found = set()
+    for name, folder in roots.items():
+        for init in folder.rglob("__init__.py"):
+            rel = init.parent.relative_to(folder).parts
+            found.add(".".join((name, *rel)))
+    assert found == listed

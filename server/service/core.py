@@ -13,29 +13,24 @@ value handed out for (job, generation, iteration) never changes.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import math
-import re
-import threading
 import time
 from collections import OrderedDict
 from collections.abc import Mapping
-from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
-from .auth import current_principal
-from .errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound, Unavailable
-from .schedules import (
+from ..auth import current_principal
+from ..errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound, Unavailable
+from ..schedules import (
     ConfigError,
     GroupValues,
     JobSpec,
     MetricsError,
     Timeline,
-    build_job_spec,
 )
-from .schedules.reschedule import Schedule, build_override, resolved
-from .store import (
+from ..schedules.reschedule import Schedule, build_override, resolved
+from ..store import (
     ChangeConflict,
     JobNotFound,
     JobRecord,
@@ -46,207 +41,22 @@ from .store import (
     canonical_json,
     content_hash,
 )
-from .store.base import JsonObjects
-
-JOB_ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
-STATE_FORMAT = 1
+from ..store.base import JsonObjects
+from .changes import check_guardrails, compare
+from .inputs import (
+    STATE_FORMAT,
+    Limits,
+    check_job_id,
+    checked_changes,
+    config_error,
+    parse_decisions,
+    parse_spec,
+    parse_state,
+    spec_difference,
+)
+from .views import JobView, LoadedJob, NoEvents, Plan, RescheduleResult, ServiceEvents, plan_of
 
 log = logging.getLogger("paramsched.jobs")
-
-
-@dataclass(frozen=True)
-class Limits:
-    """Input limits; each breach is INVALID_ARGUMENT naming the limit."""
-
-    max_schedulers: int = 64
-    max_param_groups: int = 256
-    max_params_per_group: int = 64
-    max_list_items: int = 10_000  # milestones, periods, restart weights, per-group lists
-    max_metrics: int = 64
-    max_metric_name: int = 128
-    max_iters: int = 10**9
-
-    def check_spec(self, data: Mapping[str, Any], prefix: str) -> None:
-        schedulers = data.get("param_scheduler")
-        if isinstance(schedulers, list) and len(schedulers) > self.max_schedulers:
-            raise InvalidArgument(
-                f"{len(schedulers)} schedulers exceed the limit max_schedulers="
-                f"{self.max_schedulers}", field=f"{prefix}.param_scheduler")
-        for i, cfg in enumerate(schedulers if isinstance(schedulers, list) else []):
-            for key, value in (cfg.items() if isinstance(cfg, dict) else ()):
-                if isinstance(value, list) and len(value) > self.max_list_items:
-                    raise InvalidArgument(
-                        f"{len(value)} items exceed the limit max_list_items="
-                        f"{self.max_list_items}", field=f"{prefix}.param_scheduler[{i}].{key}")
-        groups = data.get("initial_values")
-        if isinstance(groups, list):
-            if len(groups) > self.max_param_groups:
-                raise InvalidArgument(
-                    f"{len(groups)} param groups exceed the limit max_param_groups="
-                    f"{self.max_param_groups}", field=f"{prefix}.initial_values")
-            for g, group in enumerate(groups):
-                if isinstance(group, dict) and len(group) > self.max_params_per_group:
-                    raise InvalidArgument(
-                        f"{len(group)} values exceed the limit max_params_per_group="
-                        f"{self.max_params_per_group}", field=f"{prefix}.initial_values[{g}]")
-        for key in ("max_iters", "max_epochs"):
-            value = data.get(key)
-            if isinstance(value, int) and value > self.max_iters:
-                raise InvalidArgument(f"{value} exceeds the limit max_iters={self.max_iters}",
-                                      field=f"{prefix}.{key}")
-        epochs, length = data.get("max_epochs"), data.get("epoch_length")
-        if isinstance(epochs, int) and isinstance(length, int) and epochs * length > self.max_iters:
-            raise InvalidArgument(f"max_epochs * epoch_length exceeds the limit max_iters="
-                                  f"{self.max_iters}", field=f"{prefix}.max_epochs")
-
-    def check_metrics(self, metrics: Mapping[str, float], field: str) -> None:
-        if len(metrics) > self.max_metrics:
-            raise InvalidArgument(f"{len(metrics)} metrics exceed the limit max_metrics="
-                                  f"{self.max_metrics}", field=field)
-        for name in metrics:
-            if not name or len(name) > self.max_metric_name:
-                raise InvalidArgument(
-                    f"metric names must have 1 to max_metric_name={self.max_metric_name} "
-                    "characters", field=field)
-
-
-class ServiceEvents(Protocol):
-    """What the service tells observers (metrics); every method must be cheap."""
-
-    def plan_issued(self, job_id: str, iterations: int) -> None: ...
-
-    def job_reported(self, job_id: str) -> None: ...
-
-    def report_fenced(self, job_id: str) -> None: ...
-
-
-class NoEvents:
-    def plan_issued(self, job_id: str, iterations: int) -> None:
-        pass
-
-    def job_reported(self, job_id: str) -> None:
-        pass
-
-    def report_fenced(self, job_id: str) -> None:
-        pass
-
-
-@dataclass(frozen=True)
-class Plan:
-    """Values for iterations ``start .. start+len(values)-1`` of one generation."""
-
-    start: int
-    params: tuple[str, ...]
-    num_groups: int
-    values: list[GroupValues]
-    generation: int
-    waits_for_epoch: int | None = None
-
-
-def plan_of(spec: JobSpec, schedule: Schedule, start: int, stop: int,
-            values: list[GroupValues], generation: int) -> Plan:
-    """A plan; when it stops short of ``stop``, it says which epoch's decision it waits on."""
-    waits: int | None = None
-    if start + len(values) < stop and spec.epoch_length:
-        waits = (start + len(values)) // spec.epoch_length - 1
-    return Plan(start, schedule.params, spec.num_groups, values, generation, waits)
-
-
-@dataclass(frozen=True)
-class RescheduleResult:
-    view: JobView
-    from_iteration: int
-    before: Plan
-    after: Plan
-    applied: bool
-    audit: dict[str, Any]
-    before_at: list[dict[str, float]]  # per group: the changed params' values at s, before
-    after_at: list[dict[str, float]]  # ... and after
-
-
-@dataclass(frozen=True)
-class JobView:
-    record: JobRecord
-    spec: JobSpec
-    max_iters: int  # after changes that extend or shorten training
-    params: tuple[str, ...]  # scheduled params, changes included
-
-    @classmethod
-    def of(cls, record: JobRecord, entry: _Loaded) -> JobView:
-        schedule = entry.schedule
-        return cls(record, entry.spec, schedule.max_iters, schedule.params)
-
-
-@dataclass
-class _Loaded:
-    spec_hash: str
-    generation: int
-    num_changes: int
-    spec: JobSpec
-    schedule: Schedule
-    overrides: list[dict[str, Any]]
-    # Held while the schedule's caches are read or extended (inline or in a thread).
-    lock: threading.Lock = field(default_factory=threading.Lock)
-
-
-def check_job_id(job_id: str, field: str = "job_id") -> str:
-    if not isinstance(job_id, str) or not JOB_ID_PATTERN.fullmatch(job_id):
-        raise InvalidArgument(
-            f"job id {job_id!r} must be 1-128 characters of letters, digits, '.', '_' or '-', "
-            "starting with a letter or digit",
-            field=field,
-        )
-    return job_id
-
-
-def spec_difference(stored: Any, given: Any, path: str = "") -> list[str]:
-    """Human-readable differences between two canonical spec dicts."""
-    if isinstance(stored, dict) and isinstance(given, dict):
-        out: list[str] = []
-        for key in sorted(set(stored) | set(given), key=str):
-            sub = f"{path}.{key}" if path else str(key)
-            if key not in stored:
-                out.append(f"{sub}: not set in the existing job, given {given[key]!r}")
-            elif key not in given:
-                out.append(f"{sub}: existing job has {stored[key]!r}, not given")
-            else:
-                out.extend(spec_difference(stored[key], given[key], sub))
-        return out
-    if isinstance(stored, list) and isinstance(given, list):
-        if len(stored) != len(given):
-            return [f"{path}: existing job has {len(stored)} entries, given {len(given)}"]
-        out = []
-        for i, (a, b) in enumerate(zip(stored, given, strict=True)):
-            out.extend(spec_difference(a, b, f"{path}[{i}]"))
-        return out
-    if stored != given or type(stored) is not type(given):
-        return [f"{path}: existing job has {stored!r}, given {given!r}"]
-    return []
-
-
-def _config_error(exc: ConfigError, prefix: str) -> InvalidArgument:
-    reason = f"({exc.scheduler_type}) {exc.reason}" if exc.scheduler_type else exc.reason
-    return InvalidArgument(reason, field=f"{prefix}.{exc.field}" if prefix else exc.field)
-
-
-def parse_spec(data: Mapping[str, Any], prefix: str = "spec",
-               limits: Limits | None = None) -> JobSpec:
-    """Validate a spec dict (``JobSpec.to_dict()`` shape) into a JobSpec."""
-    if not isinstance(data, Mapping):
-        raise InvalidArgument("must be an object", field=prefix)
-    (limits or Limits()).check_spec(data, prefix)
-    try:
-        return build_job_spec(
-            data.get("param_scheduler"),
-            data.get("initial_values"),
-            epoch_length=data.get("epoch_length"),
-            max_epochs=data.get("max_epochs"),
-            max_iters=data.get("max_iters"),
-            bounds=data.get("bounds"),
-            max_jump_factor=data.get("max_jump_factor"),
-        )
-    except ConfigError as exc:
-        raise _config_error(exc, prefix) from None
 
 
 class SchedulerService:
@@ -270,7 +80,7 @@ class SchedulerService:
         self.max_plan_size = max_plan_size
         self.cache_size = cache_size
         self.max_preview_iterations = max_preview_iterations
-        self._jobs: OrderedDict[str, _Loaded] = OrderedDict()
+        self._jobs: OrderedDict[str, LoadedJob] = OrderedDict()
         self._specs: OrderedDict[str, JobSpec] = OrderedDict()
 
     # -- caches -------------------------------------------------------------------
@@ -286,7 +96,7 @@ class SchedulerService:
             self._specs.move_to_end(record.spec_hash)
         return spec
 
-    def _loaded(self, record: JobRecord) -> _Loaded:
+    def _loaded(self, record: JobRecord) -> LoadedJob:
         entry = self._jobs.get(record.job_id)
         if (
             entry is None
@@ -298,7 +108,7 @@ class SchedulerService:
             if record.overrides is None:  # a reply that left out changes we should hold
                 raise AssertionError("record without its changes for an uncached schedule")
             overrides = list(record.overrides)
-            entry = _Loaded(record.spec_hash, record.generation, record.num_changes, spec,
+            entry = LoadedJob(record.spec_hash, record.generation, record.num_changes, spec,
                             self._schedule(spec, overrides, record), overrides)
             self._jobs[record.job_id] = entry
             if len(self._jobs) > self.cache_size:
@@ -333,7 +143,7 @@ class SchedulerService:
             raise InvalidArgument(f"must be >= 0, got {plan_size}", field="plan_size")
         return min(plan_size or self.default_plan_size, self.max_plan_size)
 
-    async def _plan(self, entry: _Loaded, record: JobRecord, start: int, stop: int) -> Plan:
+    async def _plan(self, entry: LoadedJob, record: JobRecord, start: int, stop: int) -> Plan:
         """The plan for [start, stop): computed inline when cheap (near a keyframe or a
         recent query), else in a worker thread, so a long replay (a cold cache after a
         restart) never stalls the other jobs' reports or the health checks."""
@@ -356,7 +166,7 @@ class SchedulerService:
             values = await asyncio.to_thread(compute)
         return plan_of(entry.spec, entry.schedule, start, stop, values, record.generation)
 
-    def _values(self, entry: _Loaded, record: JobRecord, start: int,
+    def _values(self, entry: LoadedJob, record: JobRecord, start: int,
                 stop: int) -> list[GroupValues]:
         try:
             return entry.schedule.values_range(start, stop, record.decisions)
@@ -548,7 +358,7 @@ class SchedulerService:
 
     def _decision(
         self,
-        entry: _Loaded,
+        entry: LoadedJob,
         iteration: int,
         epoch_end: int | None,
         metrics: Mapping[str, float] | None,
@@ -658,12 +468,12 @@ class SchedulerService:
         """Resume ``job_id`` from a checkpoint state (into an empty store too)."""
         check_job_id(job_id)
         size = self._plan_size(plan_size)
-        state = self._parse_state(state_json)
+        state = parse_state(state_json)
         spec = parse_spec(state["spec"], prefix="state.spec", limits=self.limits)
         canonical = spec.to_dict()
-        decisions = self._parse_decisions(state["decisions"], spec)
+        decisions = parse_decisions(state["decisions"], spec)
         overrides = state.get("overrides") or []
-        schedule = self._checked_changes(spec, overrides, decisions)
+        schedule = checked_changes(spec, overrides, decisions)
         iteration = state["iteration"]
         if not isinstance(iteration, int) or not 0 <= iteration <= schedule.max_iters:
             raise InvalidArgument(f"must be an integer in [0, {schedule.max_iters}]",
@@ -693,19 +503,6 @@ class SchedulerService:
                      extra=self._event("resumed", job_id, None, record.generation))
         self.events.plan_issued(job_id, len(plan.values))
         return JobView.of(record, entry), plan, resumed
-
-    def _checked_changes(self, spec: JobSpec, overrides: Any,
-                         decisions: dict[int, dict[str, float] | None]) -> Schedule:
-        if not isinstance(overrides, list) or not all(isinstance(o, dict) for o in overrides):
-            raise InvalidArgument("must be a list of changes", field="state.overrides")
-        schedule = Schedule(spec)
-        for i, data in enumerate(overrides):
-            try:
-                schedule.add(build_override(schedule, data, decisions=decisions,
-                                            where=f"overrides[{i}]"))
-            except ConfigError as exc:
-                raise _config_error(exc, "state") from None
-        return schedule
 
     def _audit_entry(self, action: str, iteration: int, generation: int, *,
                      details: Any = None, reason: str = "",
@@ -755,22 +552,22 @@ class SchedulerService:
                     f"iteration a change can take effect is {earliest}")
             # Building the change, comparing and checking bounds may replay far: off the
             # event loop, under the schedule's lock (the new schedule shares its timelines).
-            def build(entry: _Loaded = entry, record: JobRecord = record,
+            def build(entry: LoadedJob = entry, record: JobRecord = record,
                       data: dict[str, Any] = data) -> tuple[Any, dict[str, Any], RescheduleResult]:
                 with entry.lock:
                     try:
                         override = build_override(entry.schedule, data,
                                                   decisions=record.decisions, where="change")
                     except ConfigError as exc:
-                        raise _config_error(exc, "") from None
+                        raise config_error(exc, "") from None
                     if override.mode == "replace":
                         data = resolved(entry.schedule, data, record.decisions)
                     after = Schedule(entry.spec)
                     for old in entry.schedule.overrides:
                         after.add(old)
                     after.add(override)
-                    result = self._compare(entry, after, override, record, preview)
-                    self._guardrails(entry.spec, after, override, result, force,
+                    result = compare(entry, after, override, record, preview)
+                    check_guardrails(entry.spec, after, override, result, force,
                                      record.decisions)
                     return override, data, result
 
@@ -804,68 +601,6 @@ class SchedulerService:
                                     result.before_at, result.after_at)
         raise FailedPrecondition(f"job {job_id!r} kept changing; try again")
 
-    def _compare(self, entry: _Loaded, after: Schedule, override: Any, record: JobRecord,
-                 preview: int) -> RescheduleResult:
-        s = override.start
-        stop = s + preview
-        before_values = entry.schedule.values_range(s, stop, record.decisions)
-        after_values = after.values_range(s, stop, record.decisions)
-        before = plan_of(entry.spec, entry.schedule, s, min(stop, entry.schedule.max_iters + 1),
-                         before_values, record.generation)
-        after_plan = plan_of(entry.spec, after, s, min(stop, after.max_iters + 1), after_values,
-                             record.generation)
-
-        def at_start(values: list[GroupValues]) -> list[dict[str, float]]:
-            if not values:
-                return []
-            return [{p: g[p] for p in override.params if p in g} for g in values[0]]
-
-        return RescheduleResult(JobView.of(record, entry), s, before, after_plan, False, {},
-                                at_start(before_values), at_start(after_values))
-
-    @staticmethod
-    def _guardrails(spec: JobSpec, after: Schedule, override: Any, result: RescheduleResult,
-                    force: bool, decisions: Any) -> None:
-        """Bounds hold for every value the change produces (never forced); a jump at its
-        first iteration beyond ``max_jump_factor`` needs ``force``."""
-        SchedulerService._check_bounds(spec, after, override, decisions)
-        if spec.max_jump_factor is not None and not force:
-            for g, (old, new) in enumerate(zip(result.before_at, result.after_at, strict=False)):
-                for p, new_value in new.items():
-                    old_value = old.get(p)
-                    if old_value is None:
-                        continue
-                    low, high = sorted((abs(old_value), abs(new_value)))
-                    jump = math.inf if low == 0 and high > 0 else (high / low if low else 1.0)
-                    if jump > spec.max_jump_factor:
-                        raise FailedPrecondition(
-                            f"the change moves {p} of group {g} from {old_value!r} to "
-                            f"{new_value!r} at iteration {override.start}, a jump of "
-                            f"{jump:.3g}x beyond max_jump_factor={spec.max_jump_factor}; "
-                            "repeat with force to apply it")
-
-    @staticmethod
-    def _check_bounds(spec: JobSpec, after: Schedule, override: Any, decisions: Any) -> None:
-        bounds = {p: (lo, hi) for p, lo, hi in spec.bounds}
-        watched = [p for p in override.params if p in bounds]
-        if not watched:
-            return
-        chunk = 65_536
-        for start in range(override.start, after.max_iters + 1, chunk):
-            values = after.values_range(start, start + chunk, decisions)
-            for offset, step in enumerate(values):
-                for g in override.groups:
-                    for p in watched:
-                        lo, hi = bounds[p]
-                        v = step[g][p]
-                        if (lo is not None and v < lo) or (hi is not None and v > hi):
-                            raise InvalidArgument(
-                                f"the change takes {p} of group {g} to {v!r} at iteration "
-                                f"{start + offset}, outside the job's bounds [{lo}, {hi}]",
-                                field=f"bounds.{p}")
-            if len(values) < chunk:
-                return
-
     async def history(self, job_id: str) -> JsonObjects:
         """A job id's audit trail (it outlives the job)."""
         check_job_id(job_id)
@@ -876,40 +611,3 @@ class SchedulerService:
         if not trail:
             await self._get_record(job_id)  # NOT_FOUND for an id that never had a job
         return trail
-
-    @staticmethod
-    def _parse_state(state_json: str) -> dict[str, Any]:
-        try:
-            state = json.loads(state_json)
-        except (TypeError, ValueError) as exc:
-            raise InvalidArgument(f"is not valid JSON: {exc}", field="state_json") from None
-        if not isinstance(state, dict):
-            raise InvalidArgument("must be a JSON object", field="state_json")
-        if state.get("format") != STATE_FORMAT:
-            raise InvalidArgument(f"unsupported state format {state.get('format')!r} "
-                                  f"(this server reads format {STATE_FORMAT})",
-                                  field="state.format")
-        for key in ("generation", "iteration", "spec", "decisions"):
-            if key not in state:
-                raise InvalidArgument("is missing", field=f"state.{key}")
-        return state
-
-    @staticmethod
-    def _parse_decisions(raw: Any, spec: JobSpec) -> dict[int, dict[str, float] | None]:
-        if not isinstance(raw, dict):
-            raise InvalidArgument("must be an object of epoch -> metrics", field="state.decisions")
-        timeline = Timeline(spec)
-        out: dict[int, dict[str, float] | None] = {}
-        for key, metrics in raw.items():
-            try:
-                epoch = int(key)
-            except ValueError:
-                raise InvalidArgument(f"epoch {key!r} is not an integer",
-                                      field="state.decisions") from None
-            try:
-                timeline.check_metrics(epoch, metrics)
-            except MetricsError as exc:
-                raise InvalidArgument(
-                    exc.reason, field=f"state.decisions[{epoch}].{exc.field}") from None
-            out[epoch] = dict(metrics) if metrics is not None else None
-        return out

@@ -1,0 +1,78 @@
+"""Comparing a change with the schedule it alters, and its guardrails."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from ..errors import FailedPrecondition, InvalidArgument
+from ..schedules import (
+    GroupValues,
+    JobSpec,
+)
+from ..schedules.reschedule import Schedule
+from ..store import (
+    JobRecord,
+)
+from .views import JobView, LoadedJob, RescheduleResult, plan_of
+
+
+def compare(entry: LoadedJob, after: Schedule, override: Any, record: JobRecord,
+             preview: int) -> RescheduleResult:
+    s = override.start
+    stop = s + preview
+    before_values = entry.schedule.values_range(s, stop, record.decisions)
+    after_values = after.values_range(s, stop, record.decisions)
+    before = plan_of(entry.spec, entry.schedule, s, min(stop, entry.schedule.max_iters + 1),
+                     before_values, record.generation)
+    after_plan = plan_of(entry.spec, after, s, min(stop, after.max_iters + 1), after_values,
+                         record.generation)
+
+    def at_start(values: list[GroupValues]) -> list[dict[str, float]]:
+        if not values:
+            return []
+        return [{p: g[p] for p in override.params if p in g} for g in values[0]]
+
+    return RescheduleResult(JobView.of(record, entry), s, before, after_plan, False, {},
+                            at_start(before_values), at_start(after_values))
+
+def check_guardrails(spec: JobSpec, after: Schedule, override: Any, result: RescheduleResult,
+                force: bool, decisions: Any) -> None:
+    """Bounds hold for every value the change produces (never forced); a jump at its
+    first iteration beyond ``max_jump_factor`` needs ``force``."""
+    check_bounds(spec, after, override, decisions)
+    if spec.max_jump_factor is not None and not force:
+        for g, (old, new) in enumerate(zip(result.before_at, result.after_at, strict=False)):
+            for p, new_value in new.items():
+                old_value = old.get(p)
+                if old_value is None:
+                    continue
+                low, high = sorted((abs(old_value), abs(new_value)))
+                jump = math.inf if low == 0 and high > 0 else (high / low if low else 1.0)
+                if jump > spec.max_jump_factor:
+                    raise FailedPrecondition(
+                        f"the change moves {p} of group {g} from {old_value!r} to "
+                        f"{new_value!r} at iteration {override.start}, a jump of "
+                        f"{jump:.3g}x beyond max_jump_factor={spec.max_jump_factor}; "
+                        "repeat with force to apply it")
+
+def check_bounds(spec: JobSpec, after: Schedule, override: Any, decisions: Any) -> None:
+    bounds = {p: (lo, hi) for p, lo, hi in spec.bounds}
+    watched = [p for p in override.params if p in bounds]
+    if not watched:
+        return
+    chunk = 65_536
+    for start in range(override.start, after.max_iters + 1, chunk):
+        values = after.values_range(start, start + chunk, decisions)
+        for offset, step in enumerate(values):
+            for g in override.groups:
+                for p in watched:
+                    lo, hi = bounds[p]
+                    v = step[g][p]
+                    if (lo is not None and v < lo) or (hi is not None and v > hi):
+                        raise InvalidArgument(
+                            f"the change takes {p} of group {g} to {v!r} at iteration "
+                            f"{start + offset}, outside the job's bounds [{lo}, {hi}]",
+                            field=f"bounds.{p}")
+        if len(values) < chunk:
+            return

@@ -1,0 +1,97 @@
+"""What the service hands out: plans, job views, change results; its observer hook."""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from ..schedules import (
+    GroupValues,
+    JobSpec,
+)
+from ..schedules.reschedule import Schedule
+from ..store import (
+    JobRecord,
+)
+
+
+class ServiceEvents(Protocol):
+    """What the service tells observers (metrics); every method must be cheap."""
+
+    def plan_issued(self, job_id: str, iterations: int) -> None: ...
+
+    def job_reported(self, job_id: str) -> None: ...
+
+    def report_fenced(self, job_id: str) -> None: ...
+
+
+class NoEvents:
+    def plan_issued(self, job_id: str, iterations: int) -> None:
+        pass
+
+    def job_reported(self, job_id: str) -> None:
+        pass
+
+    def report_fenced(self, job_id: str) -> None:
+        pass
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Values for iterations ``start .. start+len(values)-1`` of one generation."""
+
+    start: int
+    params: tuple[str, ...]
+    num_groups: int
+    values: list[GroupValues]
+    generation: int
+    waits_for_epoch: int | None = None
+
+
+def plan_of(spec: JobSpec, schedule: Schedule, start: int, stop: int,
+            values: list[GroupValues], generation: int) -> Plan:
+    """A plan; when it stops short of ``stop``, it says which epoch's decision it waits on."""
+    waits: int | None = None
+    if start + len(values) < stop and spec.epoch_length:
+        waits = (start + len(values)) // spec.epoch_length - 1
+    return Plan(start, schedule.params, spec.num_groups, values, generation, waits)
+
+
+@dataclass(frozen=True)
+class RescheduleResult:
+    view: JobView
+    from_iteration: int
+    before: Plan
+    after: Plan
+    applied: bool
+    audit: dict[str, Any]
+    before_at: list[dict[str, float]]  # per group: the changed params' values at s, before
+    after_at: list[dict[str, float]]  # ... and after
+
+
+@dataclass(frozen=True)
+class JobView:
+    record: JobRecord
+    spec: JobSpec
+    max_iters: int  # after changes that extend or shorten training
+    params: tuple[str, ...]  # scheduled params, changes included
+
+    @classmethod
+    def of(cls, record: JobRecord, entry: LoadedJob) -> JobView:
+        schedule = entry.schedule
+        return cls(record, entry.spec, schedule.max_iters, schedule.params)
+
+
+@dataclass
+class LoadedJob:
+    """A job as this process caches it: parsed spec, schedule, and its lock."""
+
+    spec_hash: str
+    generation: int
+    num_changes: int
+    spec: JobSpec
+    schedule: Schedule
+    overrides: list[dict[str, Any]]
+    # Held while the schedule's caches are read or extended (inline or in a thread).
+    lock: threading.Lock = field(default_factory=threading.Lock)
