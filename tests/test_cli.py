@@ -20,6 +20,7 @@ from paramsched.api.v1 import scheduler_pb2 as pb
 from paramsched.api.v1 import scheduler_pb2_grpc as pb_grpc
 from paramsched.server import cli
 from paramsched.server.app import main, make_parser
+from paramsched.server.cli import curves as cli_curves
 from paramsched.server.schedules import Timeline, build_job_spec
 
 from grpc_harness import InProcessServer
@@ -342,7 +343,7 @@ def test_progress_bar_counts_to_the_total():
 
 
 def test_simulate_in_chunks_equals_one_replay(monkeypatch: pytest.MonkeyPatch):
-    monkeypatch.setattr(cli, "ENGINE_CHUNK", 7)
+    monkeypatch.setattr(cli_curves, "ENGINE_CHUNK", 7)
     spec = build_job_spec(CONFIG_AS_JSON, GROUPS, epoch_length=5, max_epochs=4)
     stream = io.StringIO()
     curves = cli.simulate(spec, cli.ProgressBar(21, "s", stream=stream, enabled=True))
@@ -433,7 +434,7 @@ def test_plot_a_live_job_past_solid_future_dashed(stub: pb_grpc.SchedulerService
                                                   target: str, tmp_path: Path,
                                                   monkeypatch: pytest.MonkeyPatch):
     new_job(stub, "plot-live")
-    monkeypatch.setattr(cli, "VALUES_PER_CALL", 12)  # 3 iterations per GetValues call
+    monkeypatch.setattr(cli_curves, "VALUES_PER_CALL", 12)  # 3 iterations per GetValues call
     out, table = tmp_path / "live.png", tmp_path / "live.csv"
     assert paramsched("plot", "--job", "plot-live", "--out", str(out), "--csv", str(table)) == 0
     assert_png(out)
