@@ -89,3 +89,14 @@ def test_schedule_engine_is_standard_library_only():
             top = name.split(".")[0]
             assert (top == "paramsched" and name.startswith("paramsched.server.schedules")) or (
                 top in sys.stdlib_module_names or top == "__future__"), f"{module} imports {name}"
+
+
+def test_the_cli_talks_to_the_server_only_over_grpc():
+    """The operator commands are a client: the engine for local plots, nothing else."""
+    cli = {m: n for m, n in imports_within("paramsched.server").items()
+           if m.startswith("paramsched.server.cli")}
+    assert cli
+    bad = [f"{m} imports {n}" for m, names in cli.items() for n in names
+           if n.startswith(("paramsched.server.service", "paramsched.server.store",
+                            "paramsched.server.grpc", "paramsched.server.app"))]
+    assert not bad, bad
