@@ -115,7 +115,7 @@ class Connection:
                 return self.call_once(method, request, max(0.05, min(self.timeout, remaining)))
             except grpc.RpcError as exc:
                 if not is_retryable(exc):
-                    raise from_rpc_error(exc, what) from None
+                    raise from_rpc_error(exc, what, server=self.target) from None
                 last = exc
             delay = backoff.next_delay()
             if time.monotonic() + delay > deadline:

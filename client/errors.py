@@ -84,11 +84,16 @@ def _code(exc: grpc.RpcError) -> grpc.StatusCode | None:
     return code() if callable(code) else None
 
 
-def from_rpc_error(exc: grpc.RpcError, what: str) -> ParamschedError:
-    """Translate a non-retryable ``grpc.RpcError`` into the matching client error."""
+def from_rpc_error(exc: grpc.RpcError, what: str, *, server: str) -> ParamschedError:
+    """Translate a non-retryable ``grpc.RpcError`` into the matching client error.
+
+    ``what`` says what the call was for (it names the job); ``server`` is the target:
+    every message says which server answered, for the operator reading the log.
+    """
     code = _code(exc)
     details_fn = getattr(exc, "details", None)
     details = details_fn() if callable(details_fn) else str(exc)
     cls = _BY_CODE.get(code, ParamschedError) if code is not None else ParamschedError
     name = code.name if code is not None else "UNKNOWN"
-    return cls(f"{what}: {name}: {details}", code=code)
+    return cls(f"{what}: the paramsched server at {server} answered {name}: {details}",
+               code=code)

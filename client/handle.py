@@ -317,7 +317,8 @@ class ScheduleHandle:
         )
 
     def _rpc_failed(self, exc: grpc.RpcError, what: str) -> ParamschedError:
-        error = from_rpc_error(exc, f"job {self.job_id!r} (rank {self.rank}): {what}")
+        error = from_rpc_error(exc, f"job {self.job_id!r} (rank {self.rank}): {what}",
+                               server=self._conn.target)
         if isinstance(error, StaleGenerationError):
             error = self._stale(error)
             self._fatal = error
@@ -431,7 +432,8 @@ class ScheduleHandle:
         what = f"job {self.job_id!r}: saving the schedule state at iteration {iteration}"
         response = self._conn.call(
             self._conn.stub.GetState,
-            scheduler_pb2.GetStateRequest(job_id=self.job_id, iteration=iteration),
+            scheduler_pb2.GetStateRequest(job_id=self.job_id, iteration=iteration,
+                                          generation=self._generation),
             what=what,
             wait=self._wait_timeout,
         )

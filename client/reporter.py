@@ -105,7 +105,8 @@ class Reporter:
                     self._wake.set()
                     continue
                 what = f"reporting progress of job {self._session.job_id!r}"
-                self._session.fail(from_rpc_error(exc, what), generation)
+                self._session.fail(from_rpc_error(exc, what, server=self._conn.target),
+                                   generation)
             except Exception as exc:  # a bug or a malformed reply: surface it, never hide it
                 self._session.fail(exc, generation)
 

@@ -210,6 +210,8 @@ class FakeScheduler(scheduler_pb2_grpc.SchedulerServiceServicer):
         self._enter("GetState", request, context)
         with self.lock:
             job = self._job(request.job_id, context)
+            if request.generation and request.generation != job.generation:
+                context.abort(grpc.StatusCode.FAILED_PRECONDITION, "stale generation")
             state = {
                 "job_id": job.job_id,
                 "spec": job.inputs,

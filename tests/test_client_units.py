@@ -272,10 +272,11 @@ def test_status_codes_map_to_client_errors(
     code: grpc.StatusCode, cls: type[errors.ParamschedError]
 ) -> None:
     error: errors.ParamschedError = errors.from_rpc_error(
-        _RpcError(code, "field 'x': bad"), "attaching"
+        _RpcError(code, "field 'x': bad"), "attaching", server="sched.example:50051"
     )
     assert type(error) is cls
     assert "attaching" in str(error) and "field 'x': bad" in str(error) and error.code is code
+    assert "sched.example:50051" in str(error)  # every message names the server
 
 
 def test_only_transport_failures_are_retryable() -> None:

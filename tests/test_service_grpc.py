@@ -364,6 +364,11 @@ def test_resume_fences_the_old_generation_and_is_idempotent(stub: pb_grpc.Schedu
     assert code == grpc.StatusCode.FAILED_PRECONDITION
     assert "generation" in details
     stub.ReportProgress(pb.ReportProgressRequest(job_id="j", generation=2, iteration=9))
+    # A fenced rank cannot save the new generation's state as its own checkpoint.
+    code, details = code_of(lambda: stub.GetState(
+        pb.GetStateRequest(job_id="j", iteration=9, generation=1)))
+    assert code == grpc.StatusCode.FAILED_PRECONDITION and "generation" in details
+    assert stub.GetState(pb.GetStateRequest(job_id="j", iteration=9, generation=2)).state_json
 
 
 @pytest.mark.parametrize(

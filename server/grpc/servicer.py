@@ -196,7 +196,8 @@ class SchedulerServicer(pb_grpc.SchedulerServiceServicer):
     @_mapped
     async def GetState(self, request: pb.GetStateRequest,
                        context: grpc.aio.ServicerContext) -> pb.GetStateResponse:
-        state = await self.service.get_state(request.job_id, request.iteration)
+        state = await self.service.get_state(request.job_id, request.iteration,
+                                             generation=request.generation)
         return pb.GetStateResponse(state_json=state)
 
     @_mapped

@@ -433,10 +433,16 @@ class SchedulerService:
         return Plan(start, spec.params, spec.num_groups, values, 0, waits)
 
     # -- checkpoints ------------------------------------------------------------------
-    async def get_state(self, job_id: str, iteration: int) -> str:
-        """The schedule state at ``iteration`` (iterations done) as canonical JSON."""
+    async def get_state(self, job_id: str, iteration: int, *, generation: int = 0) -> str:
+        """The schedule state at ``iteration`` (iterations done) as canonical JSON.
+
+        With ``generation`` (the caller's), a caller from an older generation is refused:
+        its checkpoint would carry the new generation's decisions as if they were its own.
+        """
         check_job_id(job_id)
         record = await self._get_record(job_id)
+        if generation and generation != record.generation:
+            raise FailedPrecondition(str(StaleGeneration(job_id, generation, record.generation)))
         entry = self._loaded(record)
         spec = entry.spec
         if not 0 <= iteration <= entry.schedule.max_iters:

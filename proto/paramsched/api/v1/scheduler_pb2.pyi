@@ -229,12 +229,14 @@ class GetValuesResponse(_message.Message):
     def __init__(self, plan: _Optional[_Union[Plan, _Mapping]] = ...) -> None: ...
 
 class GetStateRequest(_message.Message):
-    __slots__ = ("job_id", "iteration")
+    __slots__ = ("job_id", "iteration", "generation")
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     ITERATION_FIELD_NUMBER: _ClassVar[int]
+    GENERATION_FIELD_NUMBER: _ClassVar[int]
     job_id: str
     iteration: int
-    def __init__(self, job_id: _Optional[str] = ..., iteration: _Optional[int] = ...) -> None: ...
+    generation: int
+    def __init__(self, job_id: _Optional[str] = ..., iteration: _Optional[int] = ..., generation: _Optional[int] = ...) -> None: ...
 
 class GetStateResponse(_message.Message):
     __slots__ = ("state_json",)
