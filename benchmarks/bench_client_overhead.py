@@ -228,9 +228,10 @@ def main() -> None:
     if args.target:
         result = run(args.target, args.iters, args.rounds)
     else:
-        from server_harness import ServerProcess
+        from process_harness import ServerProcess
 
-        with tempfile.TemporaryDirectory() as data, ServerProcess(Path(data)).start() as server:
+        with tempfile.TemporaryDirectory() as data, \
+                ServerProcess(data_dir=Path(data)).start() as server:
             assert server.proc is not None
             pin_apart(server.proc.pid)
             result = run(server.address, args.iters, args.rounds)

@@ -29,7 +29,7 @@ from paramsched.api.v1 import scheduler_pb2, scheduler_pb2_grpc
 
 from . import cli
 from .auth import AuthConfigError, TokenRegistry
-from .grpc.interceptors import AuthInterceptor, MessageSizeInterceptor, MetricsInterceptor
+from .grpc.interceptors import AuthInterceptor, MetricsInterceptor, RawRequestInterceptor
 from .grpc.servicer import SchedulerServicer
 from .observability import InstrumentedStore, Metrics, configure_logging
 from .service import SchedulerService
@@ -129,15 +129,15 @@ async def build_parts(config: ServerConfig) -> RunningParts:
     store = open_store(config.redis_url, data_dir)
     service = SchedulerService(InstrumentedStore(store, metrics),
                                default_plan_size=config.plan_size, events=metrics)
-    # Outermost first: count every RPC, then authenticate, then check sizes (so an
-    # unauthenticated caller learns nothing from the size check).
-    interceptors: list[grpc.aio.ServerInterceptor] = [MetricsInterceptor(metrics)]
+    # Outermost first: count every RPC; refuse unusable raw bytes (oversized, not a
+    # message) before anything reads the request; then authenticate (it reads job_id).
+    interceptors: list[grpc.aio.ServerInterceptor] = [
+        MetricsInterceptor(metrics), RawRequestInterceptor(config.max_message_bytes)]
     if tokens.enabled:
         interceptors.append(AuthInterceptor(tokens))
     elif not is_loopback(config.host):
         log.warning("serving on %s WITHOUT authentication: anyone who can reach this address "
                     "can read and change every job; set --tokens-file", config.host)
-    interceptors.append(MessageSizeInterceptor(config.max_message_bytes))
     server = grpc.aio.server(interceptors=interceptors, options=[
         ("grpc.max_receive_message_length", 4 * config.max_message_bytes),
         ("grpc.max_send_message_length", 64 * 1024 * 1024),

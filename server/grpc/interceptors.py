@@ -17,6 +17,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import grpc
+from google.protobuf.message import DecodeError
 
 from ..auth import Principal, TokenRegistry, bearer_token, current_principal
 from ..observability import Metrics
@@ -104,17 +105,20 @@ class AuthInterceptor(_UnaryInterceptor):
         return principal
 
 
-class _Oversized:
-    def __init__(self, size: int) -> None:
-        self.size = size
+class _Refused:
+    """A request refused before parsing; the reason goes back as INVALID_ARGUMENT."""
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
 
 
-class MessageSizeInterceptor(_UnaryInterceptor):
-    """Requests over ``limit`` bytes are INVALID_ARGUMENT naming the limit.
+class RawRequestInterceptor(_UnaryInterceptor):
+    """Checks the raw request bytes: over ``limit`` bytes, or not a valid message, is
+    INVALID_ARGUMENT saying so.
 
     gRPC's own ``max_receive_message_length`` (set higher, as a backstop) would answer
-    RESOURCE_EXHAUSTED without saying which limit; this checks the raw bytes before
-    they are parsed.
+    RESOURCE_EXHAUSTED without naming the limit, and a parse error would surface as
+    UNKNOWN.
     """
 
     def __init__(self, limit: int) -> None:
@@ -125,13 +129,17 @@ class MessageSizeInterceptor(_UnaryInterceptor):
         limit, parse, behavior = self.limit, handler.request_deserializer, handler.unary_unary
 
         def deserialize(data: bytes) -> Any:
-            return _Oversized(len(data)) if len(data) > limit else parse(data)
+            if len(data) > limit:
+                return _Refused(f"request of {len(data)} bytes exceeds the limit "
+                                f"max_message_bytes={limit}")
+            try:
+                return parse(data)
+            except DecodeError as exc:
+                return _Refused(f"request is not a valid {name}Request message: {exc}")
 
         async def checked(request: Any, context: grpc.aio.ServicerContext) -> Any:
-            if isinstance(request, _Oversized):
-                await context.abort(
-                    grpc.StatusCode.INVALID_ARGUMENT,
-                    f"request of {request.size} bytes exceeds the limit max_message_bytes={limit}")
+            if isinstance(request, _Refused):
+                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, request.reason)
             return await behavior(request, context)
 
         return checked, deserialize

@@ -19,6 +19,7 @@ from paramsched.api.v1 import scheduler_pb2_grpc as pb_grpc
 
 from ..errors import InvalidArgument, ServiceError
 from ..service import JobView, Plan, SchedulerService
+from ..service.inputs import parse_json
 
 MODES = {pb.RescheduleJobRequest.REPLACE: "replace", pb.RescheduleJobRequest.MULTIPLY: "multiply",
          pb.RescheduleJobRequest.STRETCH: "stretch"}
@@ -55,11 +56,7 @@ def _mapped(method: Handler[Req, Resp]) -> Handler[Req, Resp]:
 
 def spec_to_dict(spec: pb.JobSpec) -> dict[str, Any]:
     """A proto JobSpec as the spec dict the domain validates."""
-    try:
-        param_scheduler = json.loads(spec.param_scheduler_json)
-    except ValueError as exc:
-        raise InvalidArgument(f"is not valid JSON: {exc}",
-                              field="spec.param_scheduler_json") from None
+    param_scheduler = parse_json(spec.param_scheduler_json, "spec.param_scheduler_json")
     groups = []
     for group in spec.initial_values:
         values: dict[str, Any] = dict(group.values)
@@ -215,7 +212,7 @@ class SchedulerServicer(pb_grpc.SchedulerServiceServicer):
             epoch: (dict(d.metrics) if d.has_metrics else None)
             for epoch, d in request.decisions.items()
         }
-        plan = self.service.preview(spec_to_dict(request.spec), request.start_iteration,
+        plan = await self.service.preview(spec_to_dict(request.spec), request.start_iteration,
                                     request.stop_iteration, decisions)
         return pb.PreviewScheduleResponse(plan=plan_to_proto(plan))
 
@@ -224,11 +221,7 @@ class SchedulerServicer(pb_grpc.SchedulerServiceServicer):
                             context: grpc.aio.ServicerContext) -> pb.RescheduleJobResponse:
         configs: Any = []
         if request.param_scheduler_json:
-            try:
-                configs = json.loads(request.param_scheduler_json)
-            except ValueError as exc:
-                raise InvalidArgument(f"is not valid JSON: {exc}",
-                                      field="param_scheduler_json") from None
+            configs = parse_json(request.param_scheduler_json, "param_scheduler_json")
         if isinstance(configs, dict):
             configs = [configs]
         change: dict[str, Any] = {

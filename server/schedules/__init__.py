@@ -6,7 +6,13 @@ to what MMEngine's Runner produces. Standard library only.
 """
 
 from .config import INF, JobSpec, SchedulerSpec, build_job_spec
-from .errors import ConfigError, DecisionPending, MetricsError
+from .errors import (
+    ConfigError,
+    DecisionPending,
+    DecisionsChanged,
+    MetricsError,
+    ScheduleArithmeticError,
+)
 from .replay import Decisions, Metrics, ReplayState
 from .timeline import GroupValues, Timeline
 
@@ -15,11 +21,13 @@ __all__ = [
     "ConfigError",
     "DecisionPending",
     "Decisions",
+    "DecisionsChanged",
     "GroupValues",
     "JobSpec",
     "Metrics",
     "MetricsError",
     "ReplayState",
+    "ScheduleArithmeticError",
     "SchedulerSpec",
     "Timeline",
     "build_job_spec",

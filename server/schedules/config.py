@@ -479,7 +479,11 @@ def _build_one(
         rule = MultiStepRule(Counter(v["milestones"]), v["gamma"])
     elif kind == "CosineAnnealing":
         _one_eta_min(v, fail, required=False)
-        rule = CosineAnnealingRule(v["T_max"] or (end - begin), v["eta_min"], v["eta_min_ratio"])
+        t_max = v["T_max"] or (end - begin)
+        if not math.isfinite(math.pi * max(steps, 1) / t_max):
+            raise fail("T_max", f"{t_max!r} is so small that pi*k/T_max overflows (MMEngine "
+                                "crashes with a math domain error)")
+        rule = CosineAnnealingRule(t_max, v["eta_min"], v["eta_min_ratio"])
     elif kind == "Poly":
         if v["power"] < 0 and whole and 1 <= window <= steps - 1:
             raise fail("power", "a negative power divides by zero at the window's last step "

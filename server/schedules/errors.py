@@ -54,3 +54,18 @@ class MetricsError(ValueError):
         self.field = field
         self.reason = reason
         super().__init__(f"field '{field}': {reason}")
+
+
+class DecisionsChanged(ValueError):
+    """A timeline was asked with a decision that differs from one it already used."""
+
+
+class ScheduleArithmeticError(ConfigError):
+    """The schedule's arithmetic fails at some iteration (MMEngine would crash there:
+    a math domain error or an overflow), found while computing values."""
+
+    def __init__(self, iteration: int, exc: BaseException) -> None:
+        self.iteration = iteration
+        super().__init__(
+            f"the schedule's arithmetic fails after iteration {iteration} ({exc}); MMEngine "
+            "would crash there too", field="param_scheduler")

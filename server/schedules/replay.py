@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .config import JobSpec
-from .errors import DecisionPending, MetricsError
+from .errors import DecisionPending, MetricsError, ScheduleArithmeticError
 from .rules import PlateauRule
 
 Metrics = Mapping[str, float]
@@ -82,7 +82,10 @@ class Replayer:
         self.epoch_idx = [i for i, s in enumerate(self.scheds) if s.by_epoch]
         self.plateau_idx = [i for i, s in enumerate(self.scheds) if s.is_plateau]
         self._steppers: list[tuple[Any, Any, str, Any, list[float]]] = []
-        self.initial = self._build()
+        try:
+            self.initial = self._build()
+        except (ArithmeticError, ValueError) as exc:  # building is every scheduler's step 0
+            raise ScheduleArithmeticError(0, exc) from exc
 
     def _build(self) -> ReplayState:
         spec = self.spec
@@ -161,7 +164,17 @@ class Replayer:
                     field=f"metrics.{rule.monitor}")
 
     def advance(self, state: ReplayState, stop: int, decisions: Decisions) -> None:
-        """Move ``state`` to iteration ``stop`` (DecisionPending leaves it consistent)."""
+        """Move ``state`` to iteration ``stop`` (DecisionPending leaves it consistent).
+
+        Arithmetic that fails (a math domain error, an overflow in ``**``) raises
+        ScheduleArithmeticError: MMEngine would crash at that step too.
+        """
+        try:
+            self._advance(state, stop, decisions)
+        except (ArithmeticError, ValueError) as exc:
+            raise ScheduleArithmeticError(state.iteration, exc) from exc
+
+    def _advance(self, state: ReplayState, stop: int, decisions: Decisions) -> None:
         length = self.spec.epoch_length or 0
         epoch_based = self.spec.epoch_based
         iter_idx = self.iter_idx

@@ -19,7 +19,7 @@ from __future__ import annotations
 from collections import OrderedDict
 
 from .config import JobSpec
-from .errors import DecisionPending
+from .errors import DecisionPending, DecisionsChanged
 from .replay import Decisions, Metrics, Replayer, ReplayState
 
 GroupValues = list[dict[str, float]]
@@ -29,7 +29,7 @@ class Timeline:
     """The values of every scheduled param of every group at every iteration of a job."""
 
     max_cursors = 8
-    max_cached_values = 16384
+    max_cached_values = 4096  # about one max-size plan: what ranks ask again
 
     def __init__(self, spec: JobSpec, keyframe_interval: int = 512) -> None:
         if keyframe_interval < 1:
@@ -59,7 +59,7 @@ class Timeline:
     def _check_decisions(self, decisions: Decisions) -> None:
         for epoch, used in self._used.items():
             if epoch in decisions and decisions[epoch] != used:
-                raise ValueError(f"the decision for epoch {epoch} differs from the one "
+                raise DecisionsChanged(f"the decision for epoch {epoch} differs from the one "
                                  "these values were computed with")
 
     def _record(self, state: ReplayState, decisions: Decisions, start: int) -> None:

@@ -24,6 +24,7 @@ from ..auth import current_principal
 from ..errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound, Unavailable
 from ..schedules import (
     ConfigError,
+    DecisionsChanged,
     GroupValues,
     JobSpec,
     MetricsError,
@@ -68,8 +69,8 @@ class SchedulerService:
         *,
         default_plan_size: int = 256,
         max_plan_size: int = 4096,
-        cache_size: int = 1024,
-        max_preview_iterations: int = 10_000_000,
+        cache_size: int = 256,
+        max_preview_iterations: int = 1_000_000,
         limits: Limits | None = None,
         events: ServiceEvents | None = None,
     ) -> None:
@@ -169,12 +170,15 @@ class SchedulerService:
     def _values(self, entry: LoadedJob, record: JobRecord, start: int,
                 stop: int) -> list[GroupValues]:
         try:
-            return entry.schedule.values_range(start, stop, record.decisions)
-        except ValueError:
-            # Decisions disagree with what this cached schedule saw (the job was deleted
-            # and recreated meanwhile): start over from the stored record.
-            entry.schedule = self._schedule(entry.spec, entry.overrides, record)
-            return entry.schedule.values_range(start, stop, record.decisions)
+            try:
+                return entry.schedule.values_range(start, stop, record.decisions)
+            except DecisionsChanged:
+                # Decisions disagree with what this cached schedule saw (the job was
+                # deleted and recreated meanwhile): start over from the stored record.
+                entry.schedule = self._schedule(entry.spec, entry.overrides, record)
+                return entry.schedule.values_range(start, stop, record.decisions)
+        except ConfigError as exc:  # the schedule's arithmetic fails at some iteration
+            raise config_error(exc, "spec") from None
 
     # -- jobs -----------------------------------------------------------------------
     async def attach(
@@ -198,6 +202,10 @@ class SchedulerService:
             record = await self._get_record(job_id)
         else:
             spec = parse_spec(spec_data, limits=self.limits)
+            try:  # the first plan must compute before anything is stored
+                Timeline(spec).values_range(0, min(size, spec.max_iters + 1), {}, partial=True)
+            except ConfigError as exc:
+                raise config_error(exc, "spec") from None
             canonical = spec.to_dict()
             spec_hash = content_hash(canonical)
             fresh = JobRecord(job_id, canonical, spec_hash, world_size=world_size,
@@ -391,46 +399,58 @@ class SchedulerService:
             raise InvalidArgument(exc.reason, field=exc.field) from None
         return epoch_end, (dict(metrics) if metrics is not None else None)
 
+    def _window(self, start: int, stop: int, max_iters: int) -> tuple[int, int]:
+        """[start, stop) inside [0, max_iters] (stop 0: to the end), at most
+        ``max_preview_iterations`` long: one call never computes unbounded values."""
+        stop = min(stop or max_iters + 1, max_iters + 1)
+        if not 0 <= start <= max_iters:
+            raise InvalidArgument(f"must be in [0, {max_iters}], got {start}",
+                                  field="start_iteration")
+        if stop <= start:
+            raise InvalidArgument(f"must be after start_iteration ({start}), got {stop}",
+                                  field="stop_iteration")
+        if stop - start > self.max_preview_iterations:
+            raise InvalidArgument(
+                f"{stop - start} iterations exceed the limit max_preview_iterations="
+                f"{self.max_preview_iterations}; ask in pages with start/stop_iteration",
+                field="stop_iteration")
+        return start, stop
+
     async def values(self, job_id: str, start: int, stop: int) -> Plan:
         """The job's values for iterations [start, stop) (stop=0: to the end)."""
         check_job_id(job_id)
         record = await self._get_record(job_id)
         entry = self._loaded(record)
-        stop = stop or entry.schedule.max_iters + 1
-        if start < 0 or stop <= start:
-            raise InvalidArgument(f"need 0 <= start < stop, got start={start}, stop={stop}",
-                                  field="start_iteration")
+        start, stop = self._window(start, stop, entry.schedule.max_iters)
         return await self._plan(entry, record, start, stop)
 
-    def preview(
+    async def preview(
         self,
         spec_data: Mapping[str, Any],
         start: int,
         stop: int,
         decisions: Mapping[int, Mapping[str, float] | None],
     ) -> Plan:
-        """The values a spec would give, without a job (nothing is stored)."""
+        """The values a spec would give, without a job (nothing is stored). Computed in
+        a worker thread: a long preview must not stall the other requests."""
         spec = parse_spec(spec_data, limits=self.limits)
-        stop = stop or spec.max_iters + 1
-        if start < 0 or stop <= start:
-            raise InvalidArgument(f"need 0 <= start < stop, got start={start}, stop={stop}",
-                                  field="start_iteration")
-        if stop - start > self.max_preview_iterations:
-            raise InvalidArgument(
-                f"at most {self.max_preview_iterations} iterations per preview",
-                field="stop_iteration")
+        start, stop = self._window(start, stop, spec.max_iters)
         timeline = Timeline(spec)
         for epoch, metrics in decisions.items():
             try:
                 timeline.check_metrics(epoch, metrics)
             except MetricsError as exc:
                 raise InvalidArgument(exc.reason, field=f"decisions[{epoch}].{exc.field}") from None
-        stop = min(stop, spec.max_iters + 1)
-        values = timeline.values_range(start, stop, dict(decisions), partial=True)
-        waits = None
-        if start + len(values) < stop and spec.epoch_length:
-            waits = (start + len(values)) // spec.epoch_length - 1
-        return Plan(start, spec.params, spec.num_groups, values, 0, waits)
+
+        def compute() -> list[GroupValues]:
+            try:
+                return timeline.values_range(start, stop, dict(decisions), partial=True)
+            except ConfigError as exc:
+                raise config_error(exc, "spec") from None
+
+        values = await asyncio.to_thread(compute)
+        schedule = Schedule(spec)
+        return plan_of(spec, schedule, start, stop, values, 0)
 
     # -- checkpoints ------------------------------------------------------------------
     async def get_state(self, job_id: str, iteration: int, *, generation: int = 0) -> str:

@@ -138,11 +138,18 @@ def parse_spec(data: Mapping[str, Any], prefix: str = "spec",
         raise config_error(exc, prefix) from None
 
 
-def parse_state(state_json: str) -> dict[str, Any]:
+def parse_json(text: str, field: str) -> Any:
+    """JSON from a caller: anything unparsable (or nested deeper than the parser can
+    go) is INVALID_ARGUMENT naming the field."""
     try:
-        state = json.loads(state_json)
-    except (TypeError, ValueError) as exc:
-        raise InvalidArgument(f"is not valid JSON: {exc}", field="state_json") from None
+        return json.loads(text)
+    except (TypeError, ValueError, RecursionError) as exc:
+        reason = "nests too deeply" if isinstance(exc, RecursionError) else str(exc)
+        raise InvalidArgument(f"is not valid JSON: {reason}", field=field) from None
+
+
+def parse_state(state_json: str) -> dict[str, Any]:
+    state = parse_json(state_json, "state_json")
     if not isinstance(state, dict):
         raise InvalidArgument("must be a JSON object", field="state_json")
     if state.get("format") != STATE_FORMAT:
