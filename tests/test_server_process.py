@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import time
 from pathlib import Path
@@ -23,6 +24,12 @@ def stub_for(server: ServerProcess) -> tuple[grpc.Channel, pb_grpc.SchedulerServ
     return channel, pb_grpc.SchedulerServiceStub(channel)
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def test_sigterm_finishes_in_flight_requests_then_exits_zero(tmp_path: Path):
     server = ServerProcess(data_dir=tmp_path).start()
     try:
@@ -31,8 +38,15 @@ def test_sigterm_finishes_in_flight_requests_then_exits_zero(tmp_path: Path):
         spec = spec_proto(long_cfg, [{"lr": 0.1}], max_epochs=None, max_iters=400_000)
         with pytest.raises(grpc.RpcError):  # connect first, so the request below goes out
             stub.GetJob(pb.GetJobRequest(job_id="absent"))
+        assert server.proc is not None
+        busy_before = cpu_seconds(server.proc.pid)
         in_flight = stub.PreviewSchedule.future(pb.PreviewScheduleRequest(spec=spec))
-        time.sleep(0.3)  # the preview takes well over a second to compute
+        # The preview takes over a second of CPU: once the server has burnt some, the
+        # request is surely in flight (a fixed sleep would race on a loaded machine).
+        deadline = time.monotonic() + 60
+        while cpu_seconds(server.proc.pid) - busy_before < 0.25:
+            assert time.monotonic() < deadline and not in_flight.done()
+            time.sleep(0.02)
         assert server.terminate() == 0
         reply = in_flight.result(timeout=30)
         assert reply.plan.num_iterations == 400_001
