@@ -35,21 +35,23 @@ def test_sigterm_finishes_in_flight_requests_then_exits_zero(tmp_path: Path):
     try:
         channel, stub = stub_for(server)
         long_cfg = [dict(type="CosineAnnealingLR", by_epoch=False, T_max=1000)]
-        spec = spec_proto(long_cfg, [{"lr": 0.1}], max_epochs=None, max_iters=400_000)
+        spec = spec_proto(long_cfg, [{"lr": 0.1}], max_epochs=None, max_iters=900_000)
         with pytest.raises(grpc.RpcError):  # connect first, so the request below goes out
             stub.GetJob(pb.GetJobRequest(job_id="absent"))
         assert server.proc is not None
         busy_before = cpu_seconds(server.proc.pid)
-        in_flight = stub.PreviewSchedule.future(pb.PreviewScheduleRequest(spec=spec))
-        # The preview takes over a second of CPU: once the server has burnt some, the
-        # request is surely in flight (a fixed sleep would race on a loaded machine).
+        # The last few iterations of a long schedule: over a second of replay, a small reply.
+        in_flight = stub.PreviewSchedule.future(pb.PreviewScheduleRequest(
+            spec=spec, start_iteration=899_990))
+        # Once the server has burnt some CPU the request is surely in flight (a fixed
+        # sleep would race on a loaded machine).
         deadline = time.monotonic() + 60
         while cpu_seconds(server.proc.pid) - busy_before < 0.25:
             assert time.monotonic() < deadline and not in_flight.done()
             time.sleep(0.02)
         assert server.terminate() == 0
         reply = in_flight.result(timeout=30)
-        assert reply.plan.num_iterations == 400_001
+        assert reply.plan.start_iteration == 899_990 and reply.plan.num_iterations == 11
         assert any("stopped" in line for line in server.log)
         channel.close()
     finally:
