@@ -13,7 +13,8 @@ way ``Runner._build_param_scheduler`` does and drives them the way
   list order (``after_train_epoch``; ReduceOnPlateau only counts), then, if the epoch
   was validated, every ``by_epoch`` scheduler with ``need_val_args`` gets
   ``step(metrics)`` in list order (``after_val_epoch``);
-* an iter-based loop has no epoch end during training;
+* an iter-based loop has no epoch end during training, but calls ``after_train_epoch``
+  once after its last iteration (so ``by_epoch`` schedulers step once, at the end);
 * index ``max_iters`` holds the values after the last iteration (and, for epoch-based
   loops, after the last epoch end and its validation).
 
@@ -204,6 +205,10 @@ def mmengine_curves(
                 target.step()  # no gradients: only the step counter moves
                 for s in iter_scheds:  # after_train_iter
                     s.step()
+                if not epoch_based and t + 1 == loop_max_iters:
+                    # IterBasedTrainLoop calls after_train_epoch once, after the loop.
+                    for s in epoch_scheds:
+                        s.step()
                 if epoch_based and (t + 1) % epoch_length == 0:
                     for s in epoch_scheds:  # after_train_epoch
                         s.step()

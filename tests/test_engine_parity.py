@@ -488,3 +488,16 @@ def test_fractional_epoch_window_converted_to_iterations() -> None:
         ),
     ]
     _parity(cfg, [dict(SGD)], 3, max_epochs=4)
+
+
+def test_iter_based_loop_steps_epoch_schedulers_once_after_the_last_iteration() -> None:
+    """IterBasedTrainLoop calls after_train_epoch once, after its last iteration: a
+    by_epoch scheduler whose window reaches past epoch 0 steps then (and only then)."""
+    curves = _parity(
+        [dict(type="StepLR", step_size=1, gamma=0.5, end=5),
+         dict(type="LinearLR", start_factor=0.5, by_epoch=False, end=3)],
+        [SGD], epoch_length=2, max_iters=6,
+    )
+    lrs = _lr(curves)
+    assert lrs[:6] == pytest.approx([0.05, 0.075, 0.1, 0.1, 0.1, 0.1], rel=1e-12)
+    assert lrs[6] == pytest.approx(0.05, rel=1e-12)  # after the last iteration: epoch ended

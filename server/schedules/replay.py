@@ -6,9 +6,10 @@ Order of events, which is the whole of MMEngine's timing semantics:
    ReduceOnPlateau scheduler does not step when built). The first scheduler of a
    param records ``initial_<param>``; OneCycle overwrites ``initial_lr`` first.
 2. After every iteration: every ``by_epoch=False`` scheduler steps, in list order.
-3. After the last iteration of an epoch (epoch-based jobs): every ``by_epoch=True``
-   scheduler steps, in list order (ReduceOnPlateau only counts the epoch), then every
-   ReduceOnPlateau scheduler steps with that epoch's validation metrics, if given.
+3. After the last iteration of an epoch: every ``by_epoch=True`` scheduler steps, in
+   list order (ReduceOnPlateau only counts the epoch), then every ReduceOnPlateau
+   scheduler steps with that epoch's validation metrics, if given. An iteration-based
+   job (IterBasedTrainLoop) has one epoch, ending after its last iteration.
 
 A scheduler's step increments its global step; only inside ``[begin, end)`` does it
 increment ``last_step`` (``k``) and apply its rule.
@@ -177,19 +178,23 @@ class Replayer:
     def _advance(self, state: ReplayState, stop: int, decisions: Decisions) -> None:
         length = self.spec.epoch_length or 0
         epoch_based = self.spec.epoch_based
+        last = self.spec.max_iters - 1
         iter_idx = self.iter_idx
         while state.iteration < stop:
             i = state.iteration
-            ends_epoch = epoch_based and (i + 1) % length == 0
+            # An iteration-based loop (IterBasedTrainLoop) has one epoch, which ends after
+            # its last iteration: by_epoch schedulers step once, at the very end.
+            ends_epoch = (i + 1) % length == 0 if epoch_based else i == last
             if not ends_epoch and iter_idx:
-                quiet = self._quiet_iterations(state, stop, length if epoch_based else 0)
+                quiet = self._quiet_iterations(
+                    state, stop, length if epoch_based else self.spec.max_iters)
                 if quiet:
                     for j in iter_idx:
                         state.global_step[j] += quiet
                     state.iteration += quiet
                     continue
             metrics: Metrics | None = None
-            if ends_epoch:
+            if ends_epoch and epoch_based:
                 epoch = (i + 1) // length - 1
                 if self.plateau_idx and self.active_plateaus(epoch):
                     if epoch not in decisions:
