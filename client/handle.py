@@ -23,6 +23,7 @@ import time
 import warnings
 import weakref
 from collections.abc import Mapping
+from dataclasses import replace
 from typing import Any
 
 import grpc
@@ -93,6 +94,7 @@ class ScheduleHandle:
         self._done = plan.start_iteration  # iterations completed = the next one to run
         self._applied = -1  # the iteration whose values the optimizer holds
         self._row: Row = ()
+        self._row_params: tuple[str, ...] = ()
         self._use_job(job, plan)
         self._wait_for(self._done)
         self._sizer.restart(self._done)
@@ -117,19 +119,31 @@ class ScheduleHandle:
         self._epoch_length = job.epoch_length if job.HasField("epoch_length") else None
         self._epoch_based = job.spec.HasField("max_epochs")
         self._params = tuple(job.params)
-        self._writers: list[Writer] = writers(
+        self._writers: tuple[Writer, ...] = tuple(writers(
             self._optimizer, self._params, job.num_groups, job.momentum_via_betas, job.job_id
-        )
-        self._plan = self._decode(plan)
+        ))
+        self._adopt(self._decode(plan))
 
     def _decode(self, message: scheduler_pb2.Plan) -> Plan:
+        """A wire plan with its writers. A live change may schedule a param the job did
+        not schedule at attach, so each plan says which params its rows hold."""
         plan = decode_plan(message, max_iters=self._max_iters)
-        if plan.n and (plan.params != self._params or plan.num_groups != self._job.num_groups):
+        if plan.n and plan.num_groups != self._job.num_groups:
             raise ParamschedError(
-                f"plan for job {self.job_id!r} has params {plan.params} x {plan.num_groups} "
-                f"groups, the job {self._params} x {self._job.num_groups}"
+                f"plan for job {self.job_id!r} has {plan.num_groups} groups, the job "
+                f"{self._job.num_groups}"
             )
-        return plan
+        row_writers = self._writers
+        if plan.params != self._params:
+            row_writers = tuple(writers(self._optimizer, plan.params, plan.num_groups,
+                                        self._job.momentum_via_betas, self.job_id))
+        return replace(plan, writers=row_writers)
+
+    def _adopt(self, plan: Plan) -> None:
+        """Make ``plan`` the current one (the caller holds the lock or owns the handle)."""
+        self._plan = plan
+        self._max_iters = plan.max_iters or self._max_iters
+        self._params, self._writers = plan.params or self._params, plan.writers
 
     @property
     def optimizer(self) -> torch.optim.Optimizer:
@@ -165,9 +179,10 @@ class ScheduleHandle:
     def values(self) -> list[dict[str, float]]:
         """The scheduled values in the optimizer now, one dict per param group."""
         if self._row:
-            width = len(self._params)
+            params = self._row_params
+            width = len(params)
             return [
-                dict(zip(self._params, self._row[g * width : (g + 1) * width], strict=True))
+                dict(zip(params, self._row[g * width : (g + 1) * width], strict=True))
                 for g in range(self._job.num_groups)
             ]
         return read_values(self._optimizer, self._params, self._job.momentum_via_betas)
@@ -191,8 +206,8 @@ class ScheduleHandle:
         if 0 <= k < plan.n:
             width = plan.width
             row = plan.values[k * width : (k + 1) * width]
-            apply_row(self._optimizer, self._writers, row)
-            self._row = row
+            apply_row(self._optimizer, plan.writers, row)
+            self._row, self._row_params = row, plan.params
             self._applied = t
             if t >= plan.refill_at and self._asked is not plan:
                 self._asked = plan
@@ -237,8 +252,8 @@ class ScheduleHandle:
         if not plan.covers(t):
             return False
         row = plan.row(t)
-        apply_row(self._optimizer, self._writers, row)
-        self._row = row
+        apply_row(self._optimizer, plan.writers, row)
+        self._row, self._row_params = row, plan.params
         self._applied = t
         return True
 
@@ -362,7 +377,7 @@ class ScheduleHandle:
             cur = self._plan
             new_ok, cur_ok = new.covers(need), cur.covers(need)
             if (new_ok or not cur_ok) and (new.stop >= cur.stop or not cur_ok):
-                self._plan = new
+                self._adopt(new)
 
     def fail(self, error: BaseException, generation: int) -> None:
         if generation != self._generation:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import sys
 import time
 from dataclasses import dataclass
+from typing import Any
 
 from paramsched.api.v1 import scheduler_pb2
 
@@ -39,6 +40,8 @@ class Plan:
     generation: int
     waits_for_epoch: int | None = None
     refill_at: int = NEVER
+    max_iters: int = 0  # the job's length as of this plan (a change may extend it)
+    writers: tuple[Any, ...] = ()  # how to write a row into the optimizer (the handle's)
 
     @property
     def stop(self) -> int:
@@ -70,9 +73,11 @@ def decode_plan(message: scheduler_pb2.Plan, *, max_iters: int) -> Plan:
     """Copy a wire plan into a ``Plan`` and work out when to ask for the next one.
 
     A refill is wanted once fewer than half of the plan's iterations remain, unless
-    the plan already reaches the job's last iteration (``max_iters``: the values
-    after training) or stops at a pending decision.
+    the plan already reaches the job's last iteration (the plan's own ``max_iters``
+    when the server sent one, else ``max_iters``: the values after training) or stops
+    at a pending decision.
     """
+    max_iters = message.max_iters or max_iters
     params = tuple(message.params)
     width = len(params) * message.num_groups
     n = message.num_iterations
@@ -87,7 +92,8 @@ def decode_plan(message: scheduler_pb2.Plan, *, max_iters: int) -> Plan:
     waits = message.waits_for_epoch if message.HasField("waits_for_epoch") else None
     complete = waits is not None or stop > max_iters or n == 0
     refill_at = NEVER if complete else stop - max(1, n // 2)
-    return Plan(start, n, values, params, message.num_groups, message.generation, waits, refill_at)
+    return Plan(start, n, values, params, message.num_groups, message.generation, waits,
+                refill_at, max_iters)
 
 
 class PlanSizer:

@@ -110,6 +110,7 @@ def plan_to_proto(plan: Plan) -> pb.Plan:
         num_groups=plan.num_groups,
         values=flat,
         generation=plan.generation,
+        max_iters=plan.max_iters,
     )
     if plan.waits_for_epoch is not None:
         message.waits_for_epoch = plan.waits_for_epoch

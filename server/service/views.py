@@ -47,6 +47,7 @@ class Plan:
     values: list[GroupValues]
     generation: int
     waits_for_epoch: int | None = None
+    max_iters: int = 0  # the job's length as of this plan (changes may alter it)
 
 
 def plan_of(spec: JobSpec, schedule: Schedule, start: int, stop: int,
@@ -55,7 +56,8 @@ def plan_of(spec: JobSpec, schedule: Schedule, start: int, stop: int,
     waits: int | None = None
     if start + len(values) < stop and spec.epoch_length:
         waits = (start + len(values)) // spec.epoch_length - 1
-    return Plan(start, schedule.params, spec.num_groups, values, generation, waits)
+    return Plan(start, schedule.params, spec.num_groups, values, generation, waits,
+                schedule.max_iters)
 
 
 @dataclass(frozen=True)

@@ -96,7 +96,7 @@ class Job(_message.Message):
     def __init__(self, job_id: _Optional[str] = ..., spec: _Optional[_Union[JobSpec, _Mapping]] = ..., generation: _Optional[int] = ..., world_size: _Optional[int] = ..., params: _Optional[_Iterable[str]] = ..., num_groups: _Optional[int] = ..., momentum_via_betas: _Optional[bool] = ..., max_iters: _Optional[int] = ..., epoch_length: _Optional[int] = ..., progress: _Optional[_Iterable[_Union[RankProgress, _Mapping]]] = ..., version: _Optional[int] = ..., created_at: _Optional[float] = ..., issued_until: _Optional[int] = ..., num_changes: _Optional[int] = ...) -> None: ...
 
 class Plan(_message.Message):
-    __slots__ = ("start_iteration", "num_iterations", "params", "num_groups", "values", "generation", "waits_for_epoch")
+    __slots__ = ("start_iteration", "num_iterations", "params", "num_groups", "values", "generation", "waits_for_epoch", "max_iters")
     START_ITERATION_FIELD_NUMBER: _ClassVar[int]
     NUM_ITERATIONS_FIELD_NUMBER: _ClassVar[int]
     PARAMS_FIELD_NUMBER: _ClassVar[int]
@@ -104,6 +104,7 @@ class Plan(_message.Message):
     VALUES_FIELD_NUMBER: _ClassVar[int]
     GENERATION_FIELD_NUMBER: _ClassVar[int]
     WAITS_FOR_EPOCH_FIELD_NUMBER: _ClassVar[int]
+    MAX_ITERS_FIELD_NUMBER: _ClassVar[int]
     start_iteration: int
     num_iterations: int
     params: _containers.RepeatedScalarFieldContainer[str]
@@ -111,7 +112,8 @@ class Plan(_message.Message):
     values: _containers.RepeatedScalarFieldContainer[float]
     generation: int
     waits_for_epoch: int
-    def __init__(self, start_iteration: _Optional[int] = ..., num_iterations: _Optional[int] = ..., params: _Optional[_Iterable[str]] = ..., num_groups: _Optional[int] = ..., values: _Optional[_Iterable[float]] = ..., generation: _Optional[int] = ..., waits_for_epoch: _Optional[int] = ...) -> None: ...
+    max_iters: int
+    def __init__(self, start_iteration: _Optional[int] = ..., num_iterations: _Optional[int] = ..., params: _Optional[_Iterable[str]] = ..., num_groups: _Optional[int] = ..., values: _Optional[_Iterable[float]] = ..., generation: _Optional[int] = ..., waits_for_epoch: _Optional[int] = ..., max_iters: _Optional[int] = ...) -> None: ...
 
 class AttachJobRequest(_message.Message):
     __slots__ = ("job_id", "spec", "world_size", "rank", "plan_size")
