@@ -478,3 +478,21 @@ def test_a_long_cold_replay_does_not_stall_other_requests(tmp_path: Path):
         assert not far.done()
         plan = far.result(timeout=120).plan
         assert plan.start_iteration == 2_900_000 and plan.num_iterations == 256
+
+
+def test_build_server_returns_an_unstarted_server_on_a_free_port(tmp_path: Path):
+    import asyncio
+
+    from paramsched.server.app import ServerConfig, build_server
+
+    async def scenario() -> None:
+        server, port = await build_server(ServerConfig(port=0, data_dir=tmp_path))
+        assert port > 0
+        await server.start()
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+            reply = await health_pb2_grpc.HealthStub(channel).Check(
+                health_pb2.HealthCheckRequest())
+            assert reply.status == health_pb2.HealthCheckResponse.SERVING
+        await server.stop(None)
+
+    asyncio.run(scenario())

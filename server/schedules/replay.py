@@ -129,11 +129,6 @@ class Replayer:
             state.values[param] = next_values(state.values[param], base, self.extras, k)
 
     # -- epoch ends and validation decisions ------------------------------------------
-    def is_epoch_end(self, iteration: int) -> bool:
-        """Whether finishing ``iteration`` ends an epoch (epoch-based jobs only)."""
-        length = self.spec.epoch_length
-        return self.spec.epoch_based and length is not None and (iteration + 1) % length == 0
-
     def active_plateaus(self, epoch: int) -> list[int]:
         """Plateau schedulers whose window holds the check after ``epoch``'s end."""
         # A plateau's global step is 0 when built and counts epoch ends, so the check
