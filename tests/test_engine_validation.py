@@ -229,8 +229,14 @@ def test_resume_by_last_step_is_refused():
     rejected([dict(type="StepLR", step_size=2, last_step=3)], "last_step")
 
 
-def test_plateau_needs_epoch_based_job():
-    rejected([dict(type="ReduceOnPlateauLR")], "type", max_iters=100)
+def test_plateau_in_an_iteration_based_job_gets_no_decisions():
+    """IterBasedTrainLoop has no epoch ends during training: without validation
+    ReduceOnPlateau never reduces, and no value waits for a decision."""
+    spec = build([dict(type="ReduceOnPlateauLR", patience=0),
+                  dict(type="LinearLR", by_epoch=False, end=10)], max_iters=100)
+    timeline = Timeline(spec)
+    assert not timeline.needs_decision(0)
+    assert len(timeline.values_range(0, 101)) == 101
 
 
 # -- job-level fields ----------------------------------------------------------------

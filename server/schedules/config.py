@@ -435,9 +435,6 @@ def _build_one(
             raise fail("by_epoch", "ReduceOnPlateau only supports by_epoch=True")
         if convert:
             raise fail("convert_to_iter_based", "ReduceOnPlateau cannot be converted to iter-based")
-        if job.max_epochs is None:
-            raise fail("type", "ReduceOnPlateau needs an epoch-based job (max_epochs): its "
-                               "decisions are taken at epoch ends")
     if convert:
         if not by_epoch:
             raise fail("convert_to_iter_based", "only by_epoch=True schedulers can be converted")
