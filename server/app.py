@@ -29,6 +29,7 @@ from paramsched.api.v1 import scheduler_pb2, scheduler_pb2_grpc
 
 from . import cli
 from .auth import AuthConfigError, TokenRegistry
+from .cli.common import env as _env
 from .grpc.interceptors import AuthInterceptor, MetricsInterceptor, RawRequestInterceptor
 from .grpc.servicer import SchedulerServicer
 from .observability import InstrumentedStore, Metrics, configure_logging
@@ -196,10 +197,6 @@ def _redact(url: str | None) -> str:
         return url or ""
     scheme, _, rest = url.partition("://")
     return f"{scheme}://***@{rest.split('@', 1)[1]}"
-
-
-def _env(name: str, default: str | None = None) -> str | None:
-    return os.environ.get(f"PARAMSCHED_{name}", default)
 
 
 def make_parser() -> argparse.ArgumentParser:

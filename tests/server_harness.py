@@ -24,6 +24,7 @@ from typing import Any
 import grpc
 
 from paramsched.api.v1 import scheduler_pb2, scheduler_pb2_grpc
+from paramsched.server.grpc.servicer import spec_to_proto
 from paramsched.server.schedules import (
     ConfigError,
     MetricsError,
@@ -228,20 +229,7 @@ class FakeScheduler(scheduler_pb2_grpc.SchedulerServiceServicer):
             job = self.jobs.get(request.job_id)
             resumed = job is None or request.state_json not in job.loaded
             if resumed:
-                inputs = state["spec"]
-                spec = scheduler_pb2.JobSpec(
-                    param_scheduler_json=json.dumps(inputs["param_scheduler"])
-                )
-                for group in inputs["initial_values"]:
-                    message = spec.initial_values.add()
-                    for key, value in group.items():
-                        if key == "betas":
-                            message.betas.extend(value)
-                        else:
-                            message.values[key] = value
-                for key in ("epoch_length", "max_epochs", "max_iters"):
-                    if inputs.get(key) is not None:
-                        setattr(spec, key, inputs[key])
+                spec = spec_to_proto(state["spec"])
                 new = self._build(request.job_id, spec, 0, context)
                 new.generation = max(state["generation"], job.generation if job else 0) + 1
                 new.decisions = {int(e): m for e, m in state["decisions"].items()}

@@ -27,6 +27,7 @@ from hypothesis import strategies as st
 from paramsched import Client
 from paramsched.client import InvalidArgumentError, ScheduleHandle
 
+from optimizers import make_optimizer, snapshot
 from oracle_mmengine import first_mismatch, mmengine_curves
 from process_harness import ServerProcess
 from strategies import Case, cases
@@ -63,24 +64,8 @@ def _job() -> str:
     return f"e2e-{uuid.uuid4().hex[:10]}"
 
 
-def make_optimizer(groups: list[dict[str, Any]]) -> torch.optim.Optimizer:
-    param_groups: list[dict[str, Any]] = []
-    for values in groups:
-        group: dict[str, Any] = {"params": [torch.nn.Parameter(torch.zeros(2))]}
-        group.update({k: tuple(v) if k == "betas" else v for k, v in values.items()})
-        param_groups.append(group)
-    defaults = {k: v for k, v in param_groups[0].items() if k != "params"}
-    if "betas" in groups[0]:
-        return torch.optim.Adam(param_groups, **defaults)
-    return torch.optim.SGD(param_groups, **defaults)
 
 
-def snapshot(optimizer: torch.optim.Optimizer, names: list[str]) -> list[dict[str, float]]:
-    betas = "momentum" not in optimizer.defaults and "betas" in optimizer.defaults
-    return [
-        {n: float(g["betas"][0] if n == "momentum" and betas else g[n]) for n in names}
-        for g in optimizer.param_groups
-    ]
 
 
 def train(

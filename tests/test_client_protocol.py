@@ -35,6 +35,7 @@ from paramsched.client import (
     StaleGenerationError,
 )
 
+from optimizers import make_optimizer, snapshot
 from oracle_mmengine import first_mismatch, mmengine_curves
 from server_harness import FakeScheduler, fake_server
 from strategies import Case, cases
@@ -78,30 +79,8 @@ def _job() -> str:
     return f"job-{uuid.uuid4().hex[:8]}"
 
 
-def make_optimizer(groups: list[dict[str, Any]]) -> torch.optim.Optimizer:
-    """SGD (momentum) or Adam (betas), one tiny tensor per group, as the oracle builds."""
-    param_groups: list[dict[str, Any]] = []
-    for settings_ in groups:
-        group: dict[str, Any] = {"params": [torch.nn.Parameter(torch.zeros(2))]}
-        group.update({k: tuple(v) if k == "betas" else v for k, v in settings_.items()})
-        param_groups.append(group)
-    defaults = {k: v for k, v in param_groups[0].items() if k != "params"}
-    if "betas" in groups[0]:
-        return torch.optim.Adam(param_groups, **defaults)
-    return torch.optim.SGD(param_groups, **defaults)
 
 
-def snapshot(optimizer: torch.optim.Optimizer, names: list[str]) -> list[dict[str, float]]:
-    """What each group holds now; Adam-style momentum is ``betas[0]``."""
-    betas = "momentum" not in optimizer.defaults and "betas" in optimizer.defaults
-    out = []
-    for group in optimizer.param_groups:
-        values = {}
-        for name in names:
-            raw = group["betas"][0] if name == "momentum" and betas else group[name]
-            values[name] = float(raw)
-        out.append(values)
-    return out
 
 
 def run(

@@ -16,6 +16,7 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from paramsched.api.v1 import scheduler_pb2 as pb
 from paramsched.api.v1 import scheduler_pb2_grpc as pb_grpc
+from paramsched.server.grpc.servicer import spec_to_proto
 from paramsched.server.schedules import Timeline, build_job_spec
 
 from grpc_harness import InProcessServer, serving
@@ -35,27 +36,11 @@ GROUPS = [
 ]
 
 
-def spec_proto(
-    cfg: Any,
-    groups: list[dict[str, Any]] = GROUPS,
-    *,
-    epoch_length: int = 5,
-    max_epochs: int | None = 4,
-    max_iters: int | None = None,
-) -> pb.JobSpec:
-    spec = pb.JobSpec(param_scheduler_json=json.dumps(cfg), epoch_length=epoch_length)
-    if max_epochs is not None:
-        spec.max_epochs = max_epochs
-    if max_iters is not None:
-        spec.max_iters = max_iters
-    for group in groups:
-        message = spec.initial_values.add()
-        for key, value in group.items():
-            if key == "betas":
-                message.betas.extend(value)
-            else:
-                message.values[key] = value
-    return spec
+def spec_proto(cfg: Any, groups: list[dict[str, Any]] = GROUPS, *, epoch_length: int = 5,
+               max_epochs: int | None = 4, max_iters: int | None = None) -> pb.JobSpec:
+    return spec_to_proto({"param_scheduler": cfg, "initial_values": groups,
+                          "epoch_length": epoch_length, "max_epochs": max_epochs,
+                          "max_iters": max_iters})
 
 
 def engine_values(

@@ -36,7 +36,8 @@ class CliError(Exception):
 
 
 # -- argument types ------------------------------------------------------------------
-def _env(name: str, default: str | None = None) -> str | None:
+def env(name: str, default: str | None = None) -> str | None:
+    """``PARAMSCHED_<name>``: every flag of every command has such a variable."""
     return os.environ.get(f"PARAMSCHED_{name}", default)
 
 

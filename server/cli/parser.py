@@ -13,7 +13,6 @@ from .common import (
     MODES,
     PARAM_HELP,
     _assignments,
-    _env,
     _finite,
     _indices,
     _names,
@@ -21,6 +20,7 @@ from .common import (
     _positive,
     _positive_int,
     _start_factor,
+    env,
 )
 from .jobs import cmd_jobs_delete, cmd_jobs_history, cmd_jobs_list, cmd_jobs_show
 from .plots import cmd_plot
@@ -31,19 +31,19 @@ def _connection_flags() -> argparse.ArgumentParser:
     """Flags every server-talking command shares (a parent parser)."""
     p = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
     g = p.add_argument_group("server")
-    g.add_argument("--target", default=_env("TARGET", DEFAULT_TARGET),
+    g.add_argument("--target", default=env("TARGET", DEFAULT_TARGET),
                    help="HOST:PORT of the server (env PARAMSCHED_TARGET; "
                         f"default {DEFAULT_TARGET})")
-    g.add_argument("--token", default=_env("TOKEN"),
+    g.add_argument("--token", default=env("TOKEN"),
                    help="bearer token, sent as 'authorization: Bearer ...' (env PARAMSCHED_TOKEN)")
     g.add_argument("--tls", action="store_true",
                    help="use TLS with the system's root certificates")
-    g.add_argument("--tls-ca", default=_env("TLS_CA"),
+    g.add_argument("--tls-ca", default=env("TLS_CA"),
                    help="PEM CA bundle that signed the server's certificate; implies TLS "
                         "(env PARAMSCHED_TLS_CA)")
-    g.add_argument("--tls-cert", default=_env("TLS_CLIENT_CERT"),
+    g.add_argument("--tls-cert", default=env("TLS_CLIENT_CERT"),
                    help="PEM client certificate for mutual TLS (env PARAMSCHED_TLS_CLIENT_CERT)")
-    g.add_argument("--tls-key", default=_env("TLS_CLIENT_KEY"),
+    g.add_argument("--tls-key", default=env("TLS_CLIENT_KEY"),
                    help="PEM client key for mutual TLS (env PARAMSCHED_TLS_CLIENT_KEY)")
     g.add_argument("--timeout", type=_positive, default=30.0,
                    help="seconds per RPC (default 30)")
