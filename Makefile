@@ -2,24 +2,34 @@
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
-STAMP  := $(VENV)/.installed-stamp
+# Two installs: the server's runtime dependencies only (`make serve`: the `server` extra,
+# no torch, no dev tools), and everything the tests and linters need (`.[dev]`).
+SERVER_STAMP := $(VENV)/.server-stamp
+STAMP        := $(VENV)/.installed-stamp
 # torch is installed first and pinned: a bare `torch` would pull a multi-GB CUDA build.
 TORCH  ?= torch==2.13.0
 ARGS   ?=
 
 .PHONY: venv serve test lint proto bench clean redis-server
 
-$(STAMP): pyproject.toml
-	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+$(VENV)/bin/python:
+	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
+
+$(SERVER_STAMP): pyproject.toml | $(VENV)/bin/python
+	$(BIN)/python -m pip install -q -e ".[server]"
+	touch $(SERVER_STAMP)
+
+$(STAMP): pyproject.toml | $(VENV)/bin/python
 	$(BIN)/python -m pip install -q "$(TORCH)"
 	$(BIN)/python -m pip install -q -e ".[dev]"
-	touch $(STAMP)
+	touch $(STAMP) $(SERVER_STAMP)
 
 venv: $(STAMP)
 
 # The server on the embedded store (data in ~/.local/share/paramsched unless --data-dir).
-serve: $(STAMP)
+# `make serve ARGS="--port 0 --address-file /tmp/ps.addr"` passes flags through.
+serve: $(SERVER_STAMP)
 	$(BIN)/paramsched serve $(ARGS)
 
 # Tests start their own redis-server processes; install it from Debian's packages if missing.
@@ -34,7 +44,7 @@ test: $(STAMP) redis-server
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
-	$(BIN)/mypy server client proto/paramsched/__init__.py tools
+	$(BIN)/mypy server client cli proto/paramsched/__init__.py tools
 
 proto: $(STAMP)
 	$(BIN)/python tools/gen_proto.py

@@ -14,11 +14,18 @@ by round so that drift in machine speed hits them alike:
   separate machine), ``handle.end_epoch()`` after each epoch; reports and refills run
   on the client's background thread, inside the measured time.
 
-Each loop runs ``--iters`` iterations per round and is timed after its first 2000
-(in every loop alike): the steady state is compared. An attached loop starts on a
-short plan (``plan_size``, 256) and grows it with the observed iteration rate, so a
-loop as fast as this one (~25 us per step) may wait for its first refills once; that
-one-off start-up costs a few milliseconds per job, not per iteration.
+Two measurements, both against MMEngine's local stepping in the same run:
+
+* steady state: each loop runs ``--iters`` iterations per round and is timed after its
+  first 2000 (in every loop alike);
+* whole jobs (``--job-iters``, 4000 by default, as a short fine-tuning job): a fresh
+  job per round, timed from the first line of set-up (building MMEngine's schedulers;
+  ``client.attach``, its RPC included) to the end of the last iteration. An attached
+  loop starts on a short plan (``plan_size``, 256) and grows it with the observed
+  iteration rate; this is where a start-up that waits for refills shows.
+
+The optimizer has two param groups (a weight group and a bias group), as in the
+report that asked for the whole-job figure.
 
 Overhead = time per iteration minus the same round's bare loop, as wall time and as
 process CPU time (every thread of the process; the CPU figure is steadier on a busy
@@ -26,7 +33,11 @@ machine); medians over the rounds. The figure to watch is ``paramsched / mmengin
 (target <= 1.0). Usage:
 
     .venv/bin/python benchmarks/bench_client_overhead.py [--iters 20000] [--rounds 7]
+        [--job-iters 4000] [--job-rounds 15]   # --job-iters 0: steady state only
         [--target host:port]   # default: start `paramsched serve` on a temp dir
+
+The whole-job figure also prints, per job, how many iterations found their values
+missing from the plan (the loop waited for the network there): 0 is the goal.
 """
 
 from __future__ import annotations
@@ -63,7 +74,8 @@ def make_optimizer() -> torch.optim.Optimizer:
     model = torch.nn.Linear(16, 16)
     for p in model.parameters():
         p.grad = torch.zeros_like(p)
-    return torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-4)
+    groups = [{"params": [model.weight]}, {"params": [model.bias], "lr": 0.01}]
+    return torch.optim.SGD(groups, lr=0.1, momentum=0.9, weight_decay=1e-4)
 
 
 #: iterations run before the clock starts, in every loop alike: the steady state is
@@ -96,11 +108,11 @@ def bare(iters: int, **_: Any) -> Timing:
     return time_loop(step, iters)
 
 
-def mmengine(iters: int, **_: Any) -> Timing:
+def _mmengine_step(opt: torch.optim.Optimizer, iters: int) -> Callable[[int], None]:
+    """MMEngine's schedulers for ``CONFIG`` (built now) and one Runner iteration."""
     import mmengine.optim.scheduler  # noqa: F401  (registers the scheduler types)
     from mmengine.registry import PARAM_SCHEDULERS
 
-    opt = make_optimizer()
     epochs = iters // EPOCH_LENGTH
     scheds = []
     for cfg in CONFIG:
@@ -122,7 +134,12 @@ def mmengine(iters: int, **_: Any) -> Timing:
             for s in per_epoch:  # ParamSchedulerHook.after_train_epoch
                 s.step()
 
-    return time_loop(step, iters)
+    return step
+
+
+def mmengine(iters: int, **_: Any) -> Timing:
+    opt = make_optimizer()
+    return time_loop(_mmengine_step(opt, iters), iters)
 
 
 def torch_lr_scheduler(iters: int, **_: Any) -> Timing:
@@ -160,6 +177,95 @@ def paramsched(iters: int, *, client: Client, job_id: str, **_: Any) -> Timing:
         return time_loop(step, iters)
     finally:
         handle.detach()
+
+
+def whole_job(kind: str, iters: int, client: Client | None = None) -> Timing:
+    """Per-iteration wall and CPU time of one whole job: set-up (MMEngine's schedulers
+    built, or ``attach``) and every iteration from 0 on; a fresh job each time."""
+    opt = make_optimizer()
+    handle = None
+    wall, cpu = time.perf_counter(), time.process_time()
+    if kind == "mmengine":
+        step = _mmengine_step(opt, iters)
+    elif kind == "paramsched":
+        assert client is not None
+        STALLS.clear()
+        handle = client.attach(opt, f"bench-job-{uuid.uuid4().hex[:8]}", CONFIG,
+                               epoch_length=EPOCH_LENGTH, max_epochs=iters // EPOCH_LENGTH)
+
+        def step(t: int) -> None:
+            opt.step()
+            if (t + 1) % EPOCH_LENGTH == 0:
+                handle.end_epoch()
+    else:
+        def step(t: int) -> None:
+            opt.step()
+    for t in range(iters):
+        step(t)
+    timing = (time.perf_counter() - wall) / iters, (time.process_time() - cpu) / iters
+    if handle is not None:
+        handle.detach()
+    return timing
+
+
+JOB_KINDS = ("bare", "mmengine", "paramsched")
+#: iterations of the current whole job whose values were not in the plan when the
+#: step before them ended (the loop then waited for the network, unless a pending
+#: ReduceOnPlateau decision was the reason; this config has none).
+STALLS: list[int] = []
+
+
+def count_stalls() -> None:
+    """Count where an attached loop outran its plan (the handle's slow path)."""
+    from paramsched.client.handle import ScheduleHandle
+
+    slow = getattr(ScheduleHandle, "_plan_ran_out", None)
+    if slow is None or getattr(slow, "counted", False):
+        return
+
+    def counted(self: Any, t: int) -> None:
+        STALLS.append(t)
+        slow(self, t)
+
+    counted.counted = True  # type: ignore[attr-defined]
+    ScheduleHandle._plan_ran_out = counted  # type: ignore[method-assign]
+
+
+def run_jobs(target: str, iters: int, rounds: int) -> dict[str, Any]:
+    """Whole jobs, interleaved round by round; overheads against that round's bare job."""
+    iters -= iters % EPOCH_LENGTH
+    client = Client(target)
+    extra: dict[str, dict[str, list[float]]] = {k: {n: [] for n in JOB_KINDS} for k in TIMES}
+    absolute: dict[str, dict[str, list[float]]] = {k: {n: [] for n in JOB_KINDS} for k in TIMES}
+    stalls: list[int] = []
+    count_stalls()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for kind in JOB_KINDS:  # warm-up: imports, connections, caches
+            whole_job(kind, iters, client)
+        for _ in range(rounds):
+            got = {}
+            for kind in JOB_KINDS:
+                got[kind] = whole_job(kind, iters, client)
+                if kind == "paramsched":
+                    stalls.append(len(STALLS))
+            again = whole_job("bare", iters)
+            base = [(got["bare"][i] + again[i]) / 2 for i in range(2)]
+            for i, time_kind in enumerate(TIMES):
+                for kind, timing in got.items():
+                    absolute[time_kind][kind].append(1e6 * (base[i] if kind == "bare"
+                                                            else timing[i]))
+                    extra[time_kind][kind].append(1e6 * (timing[i] - base[i]))
+    client.close()
+    result: dict[str, Any] = {"iters": iters, "rounds": rounds, "stalls_per_job": stalls}
+    for time_kind in TIMES:
+        plus = {k: statistics.median(v) for k, v in extra[time_kind].items() if k != "bare"}
+        result[time_kind] = {
+            "us_per_iter": {k: statistics.median(v) for k, v in absolute[time_kind].items()},
+            "overhead_us_per_iter": plus,
+            "ratio_paramsched_vs_mmengine": plus["paramsched"] / plus["mmengine"],
+        }
+    return result
 
 
 TIMES = ("wall", "cpu")
@@ -223,10 +329,16 @@ def main() -> None:
     parser.add_argument("--iters", type=int, default=20_000)
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--target", help="a running server (default: start one)")
+    parser.add_argument("--job-iters", type=int, default=4000,
+                        help="length of each whole job (0: skip the whole-job figure)")
+    parser.add_argument("--job-rounds", type=int, default=15)
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args()
+    jobs: dict[str, Any] | None = None
     if args.target:
         result = run(args.target, args.iters, args.rounds)
+        if args.job_iters:
+            jobs = run_jobs(args.target, args.job_iters, args.job_rounds)
     else:
         from process_harness import ServerProcess
 
@@ -235,7 +347,12 @@ def main() -> None:
             assert server.proc is not None
             pin_apart(server.proc.pid)
             result = run(server.address, args.iters, args.rounds)
-    print(f"{result['iters']} iterations x {result['rounds']} rounds, medians per iteration")
+            if args.job_iters:
+                jobs = run_jobs(server.address, args.job_iters, args.job_rounds)
+    if jobs is not None:
+        result["whole_job"] = jobs
+    print(f"steady state: {result['iters']} iterations x {result['rounds']} rounds "
+          "(timed after the first 2000), medians per iteration")
     for kind in TIMES:
         part = result[kind]
         us, extra = part["us_per_iter"], part["overhead_us_per_iter"]
@@ -245,6 +362,18 @@ def main() -> None:
             print(f"  {name:<11} {us[name]:8.2f} us/iter{added}")
         print(f"  paramsched / mmengine overhead: {part['ratio_paramsched_vs_mmengine']:.2f}")
         print(f"  paramsched / torch LRScheduler overhead: {part['ratio_paramsched_vs_torch']:.2f}")
+    if jobs is not None:
+        print(f"whole jobs from set-up / attach: {jobs['iters']} iterations x {jobs['rounds']} "
+              "jobs, medians per iteration")
+        for kind in TIMES:
+            part = jobs[kind]
+            us, extra = part["us_per_iter"], part["overhead_us_per_iter"]
+            print(f"{kind} time:")
+            for name in JOB_KINDS:
+                added = f"  ({extra[name]:+.2f} us)" if name in extra else ""
+                print(f"  {name:<11} {us[name]:8.2f} us/iter{added}")
+            print(f"  paramsched / mmengine overhead: {part['ratio_paramsched_vs_mmengine']:.2f}")
+        print(f"iterations that waited for a plan, per job: {jobs['stalls_per_job']}")
     if args.json:
         args.json.write_text(json.dumps(result, indent=2) + "\n")
 

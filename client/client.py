@@ -1,33 +1,68 @@
 """``Client``: a connection to a paramsched server, and ``attach`` for optimizers.
 
 One ``Client`` per process is enough; it holds one gRPC channel that every handle
-shares. ``attach`` is the only call a training script needs; the job queries are here
-for tools and tests.
+shares. ``attach`` is the only call a training script needs (it imports torch); the
+admin API (``AdminMixin``: list, read, audit, delete and change jobs, preview
+schedules) is for operators, tools and the ``paramsched`` command, without torch.
 """
 
 from __future__ import annotations
 
+import importlib
 import weakref
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import grpc
-import torch
 
 from paramsched.api.v1 import scheduler_pb2
 
 from ._rpc import Connection
-from .handle import ScheduleHandle
-from .plan import decode_plan
-from .ranks import resolve_rank
-from .spec import build_spec
+from .admin import AdminMixin
+from .jobspec import Bounds, set_guardrails
+
+if TYPE_CHECKING:
+    import torch
+
+    from .handle import ScheduleHandle
+    from .ranks import resolve_rank
+    from .runs import resolve_run_id
+else:
+    # The torch layer loads on the first ``attach``: the admin API and the CLI run
+    # where torch is not installed.
+    def _torch_layer(module: str, name: str) -> Callable[..., Any]:
+        def call(*args: Any, **kwargs: Any) -> Any:
+            return getattr(importlib.import_module(f".{module}", __package__), name)(
+                *args, **kwargs)
+
+        call.__name__ = name
+        return call
+
+    ScheduleHandle = _torch_layer("handle", "ScheduleHandle")
+    resolve_rank = _torch_layer("ranks", "resolve_rank")
+    resolve_run_id = _torch_layer("runs", "resolve_run_id")
+
+
+def build_spec(optimizer: torch.optim.Optimizer, param_scheduler: Any, *,
+               bounds: Bounds | None = None, max_jump_factor: float | None = None,
+               **length: int | None) -> scheduler_pb2.JobSpec:
+    """``spec.build_spec`` (the optimizer's values; torch) plus the guardrails."""
+    from .spec import build_spec as from_optimizer
+
+    return set_guardrails(from_optimizer(optimizer, param_scheduler, **length), bounds,
+                          max_jump_factor)
 
 ParamSchedulerConfig = Mapping[str, Any] | Sequence[Mapping[str, Any]]
 
 
-class Client:
+class Client(AdminMixin):
     """Talks to the paramsched server at ``target`` (``"host:port"``).
+
+    ``attach`` links a torch optimizer to a job (torch is imported then, not before);
+    the admin methods (``list_jobs``, ``get_job``, ``values``, ``history``,
+    ``delete_job``, ``preview``, ``reschedule``, ``set``, ``scale``, ``hold``,
+    ``decay``, ``rewarm``, ``extend``: ``paramsched.client.admin``) need no torch.
 
     ``timeout``: seconds per RPC attempt. ``backoff_initial`` / ``backoff_max``: the
     retry delays after UNAVAILABLE or a deadline. ``wait_timeout``: how long a rank
@@ -103,6 +138,9 @@ class Client:
         max_iters: int | None = None,
         rank: int | None = None,
         world_size: int | None = None,
+        run_id: str | None = None,
+        bounds: Bounds | None = None,
+        max_jump_factor: float | None = None,
     ) -> ScheduleHandle:
         """Attach ``optimizer`` to job ``job_id``; it holds iteration 0's values on return.
 
@@ -111,12 +149,20 @@ class Client:
         same config (a different one raises ``JobSpecMismatchError``). Without it the
         job must exist (``JobNotFoundError`` otherwise). Attach before loading an
         optimizer checkpoint: the job's initial values are read from the optimizer.
+
+        ``run_id`` names this launch of the program (see ``paramsched.client.runs``:
+        agreed through ``torch.distributed`` when a process group exists). When the job
+        already has progress from another run, the handle holds no values and its first
+        step raises ``ResumeRequiredError`` unless ``handle.load_state_dict(checkpoint)``
+        or ``handle.start_over()`` comes first.
         """
         if not isinstance(job_id, str) or not job_id:
             raise ValueError(f"job_id must be a non-empty string, got {job_id!r}")
         rank, world_size = resolve_rank(rank, world_size)
+        run = resolve_run_id(run_id, world_size)
         request = scheduler_pb2.AttachJobRequest(
-            job_id=job_id, world_size=world_size, rank=rank, plan_size=self.plan_size
+            job_id=job_id, world_size=world_size, rank=rank, plan_size=self.plan_size,
+            run_id=run,
         )
         if param_scheduler is not None:
             request.spec.CopyFrom(
@@ -126,6 +172,8 @@ class Client:
                     epoch_length=epoch_length,
                     max_epochs=max_epochs,
                     max_iters=max_iters,
+                    bounds=bounds,
+                    max_jump_factor=max_jump_factor,
                 )
             )
         elif any(v is not None for v in (epoch_length, max_epochs, max_iters)):
@@ -143,6 +191,8 @@ class Client:
             response.plan,
             rank=rank,
             world_size=world_size,
+            run_id=run,
+            resume_required=response.resume_required,
             plan_size=self.plan_size,
             wait_timeout=self.wait_timeout,
             report_interval=self.report_interval,
@@ -151,31 +201,6 @@ class Client:
         )
         self._handles.add(handle)
         return handle
-
-    def get_job(self, job_id: str) -> scheduler_pb2.Job:
-        """The server's record of a job (``JobNotFoundError`` if absent)."""
-        response = self._conn.call(
-            self._conn.stub.GetJob,
-            scheduler_pb2.GetJobRequest(job_id=job_id),
-            what=f"reading job {job_id!r}",
-            wait=self.wait_timeout,
-        )
-        return response.job
-
-    def get_values(
-        self, job_id: str, start_iteration: int = 0, stop_iteration: int = 0
-    ) -> list[list[dict[str, float]]]:
-        """A job's values per iteration and group (``stop_iteration=0``: to the end)."""
-        response = self._conn.call(
-            self._conn.stub.GetValues,
-            scheduler_pb2.GetValuesRequest(
-                job_id=job_id, start_iteration=start_iteration, stop_iteration=stop_iteration
-            ),
-            what=f"reading the values of job {job_id!r}",
-            wait=self.wait_timeout,
-        )
-        plan = decode_plan(response.plan, max_iters=0)
-        return [plan.group_values(t) for t in range(plan.start, plan.stop)]
 
     def close(self) -> None:
         """Detach every handle of this client and close the channel."""

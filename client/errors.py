@@ -45,7 +45,28 @@ class JobSpecMismatchError(ParamschedError):
 
 
 class StaleGenerationError(ParamschedError):
-    """The job was resumed from a checkpoint after this rank attached; this rank must stop."""
+    """This rank is fenced and must stop: the job was resumed from a checkpoint (or
+    started over, or taken by another run) after this rank attached. Subclasses say why
+    when it is something else."""
+
+
+class JobReplacedError(StaleGenerationError):
+    """The job this rank ran was deleted and created again under the same id, or the job
+    store lost it: its values are gone, so this rank must stop (resume the new job from a
+    checkpoint, or start a new job)."""
+
+
+class ResumeRequiredError(ParamschedError):
+    """This run attached to a job that already has progress from another run.
+
+    Before the first step, do one of: ``handle.load_state_dict(checkpoint)`` to resume,
+    ``handle.start_over()`` to train the job again from iteration 0 (audited), or attach
+    with a new job id.
+    """
+
+
+class PermissionDeniedError(ParamschedError):
+    """The token may not do this (another job's, or an admin-only action)."""
 
 
 class InvalidArgumentError(ParamschedError, ValueError):
@@ -71,7 +92,23 @@ _BY_CODE: dict[grpc.StatusCode, type[ParamschedError]] = {
     grpc.StatusCode.FAILED_PRECONDITION: StaleGenerationError,
     grpc.StatusCode.INVALID_ARGUMENT: InvalidArgumentError,
     grpc.StatusCode.OUT_OF_RANGE: InvalidArgumentError,
+    grpc.StatusCode.PERMISSION_DENIED: PermissionDeniedError,
 }
+# The server's trailing metadata on FAILED_PRECONDITION: why this rank is fenced.
+FENCE_REASON_KEY = "paramsched-fence-reason"
+_BY_FENCE_REASON: dict[str, type[ParamschedError]] = {
+    "incarnation": JobReplacedError,
+    "lost": JobReplacedError,
+}
+
+
+def fence_reason(exc: grpc.RpcError) -> str:
+    """Why the server fenced this rank (``generation``, ``incarnation``, ``lost``)."""
+    trailing = getattr(exc, "trailing_metadata", None)
+    for key, value in (trailing() if callable(trailing) else None) or ():
+        if key == FENCE_REASON_KEY:
+            return str(value)
+    return "generation"
 
 
 def is_retryable(exc: BaseException) -> bool:
@@ -94,6 +131,8 @@ def from_rpc_error(exc: grpc.RpcError, what: str, *, server: str) -> ParamschedE
     details_fn = getattr(exc, "details", None)
     details = details_fn() if callable(details_fn) else str(exc)
     cls = _BY_CODE.get(code, ParamschedError) if code is not None else ParamschedError
+    if code == grpc.StatusCode.FAILED_PRECONDITION:
+        cls = _BY_FENCE_REASON.get(fence_reason(exc), cls)
     name = code.name if code is not None else "UNKNOWN"
     return cls(f"{what}: the paramsched server at {server} answered {name}: {details}",
                code=code)

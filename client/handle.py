@@ -35,7 +35,9 @@ from ._rpc import Connection
 from .errors import (
     DecisionRequiredError,
     EpochError,
+    JobReplacedError,
     ParamschedError,
+    ResumeRequiredError,
     StaleGenerationError,
     from_rpc_error,
     is_retryable,
@@ -44,7 +46,9 @@ from .optim import Writer, apply_row, metrics_dict, read_values, writers
 from .plan import Plan, PlanSizer, Row, decode_plan
 from .reporter import Reporter
 
-STATE_FORMAT = "paramsched.schedule/v1"
+STATE_FORMAT = "paramsched.schedule/v2"
+#: formats ``load_state_dict`` reads (v1: unsigned states of earlier versions).
+READABLE_FORMATS = ("paramsched.schedule/v1", STATE_FORMAT)
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +75,8 @@ class ScheduleHandle:
         report_interval: float,
         max_plan_size: int = 4096,
         prefetch_seconds: float = 2.0,
+        run_id: str = "",
+        resume_required: bool = False,
     ) -> None:
         if optimizer in _ATTACHED:
             raise ParamschedError(
@@ -82,6 +88,9 @@ class ScheduleHandle:
         self.job_id: str = job.job_id
         self.rank = rank
         self.world_size = world_size
+        self.run_id = run_id
+        # Another run's progress is in the job: no values until a resume or a start-over.
+        self._resume_required = resume_required
         self._plan_size = plan_size
         self._sizer = PlanSizer(plan_size, max_plan_size, prefetch_seconds)
         self._asked: Plan | None = None  # the plan whose refill was already requested
@@ -96,7 +105,8 @@ class ScheduleHandle:
         self._row: Row = ()
         self._row_params: tuple[str, ...] = ()
         self._use_job(job, plan)
-        self._wait_for(self._done)
+        if not resume_required:
+            self._wait_for(self._done)
         self._sizer.restart(self._done)
         self._reporter = Reporter(
             connection, self, report_interval, name=f"paramsched-{self.job_id}-rank{rank}"
@@ -115,6 +125,7 @@ class ScheduleHandle:
         """Adopt a job record (attach, resume): its generation, shape and first plan."""
         self._job = job
         self._generation = job.generation
+        self._incarnation = job.incarnation
         self._max_iters = job.max_iters
         self._epoch_length = job.epoch_length if job.HasField("epoch_length") else None
         self._epoch_based = job.spec.HasField("max_epochs")
@@ -233,6 +244,8 @@ class ScheduleHandle:
     def _catch_up(self) -> None:
         if self._fatal is not None:
             raise self._fatal
+        if self._resume_required:
+            raise self._resume_error()
         t = self._done
         if t > self._max_iters:
             if not self._warned_past_end:
@@ -266,6 +279,7 @@ class ScheduleHandle:
             rank=self.rank,
             iteration=iteration,
             plan_size=self._sizer.want if plan_size is None else plan_size,
+            incarnation=self._incarnation,
         )
 
     def _wait_for(self, t: int, *, until_decision: bool = False) -> bool:
@@ -339,7 +353,22 @@ class ScheduleHandle:
             self._fatal = error
         return error
 
+    def _resume_error(self) -> ResumeRequiredError:
+        return ResumeRequiredError(
+            f"job {self.job_id!r} on {self._conn.target} already has progress from another "
+            f"run (this is run {self.run_id!r}); before the first step, resume it with "
+            "handle.load_state_dict(checkpoint), train it again from iteration 0 with "
+            "handle.start_over(), or attach with a new job id")
+
     def _stale(self, error: BaseException) -> StaleGenerationError:
+        if isinstance(error, JobReplacedError):
+            return JobReplacedError(
+                f"job {self.job_id!r} (incarnation {self._incarnation!r}) that rank "
+                f"{self.rank} runs was deleted and created again, or the job store lost it; "
+                "stop this rank: resume from a checkpoint (handle.load_state_dict) or start "
+                f"a new job. Server said: {error}",
+                code=grpc.StatusCode.FAILED_PRECONDITION,
+            )
         return StaleGenerationError(
             f"job {self.job_id!r} was resumed from a checkpoint after rank {self.rank} "
             f"attached (this rank runs generation {self._generation}); stop this rank, "
@@ -350,6 +379,8 @@ class ScheduleHandle:
     # ------------------------------------------------------------------ reporter session
 
     def progress_request(self, last_sent: int | None) -> scheduler_pb2.ReportProgressRequest | None:
+        if self._resume_required:
+            return None
         self._sizer.observe(self._done, self._plan.n)
         done = min(self._done, self._max_iters)
         plan = self._plan
@@ -367,11 +398,11 @@ class ScheduleHandle:
         Values never change within a generation, so any plan that covers the next
         iteration is as good as another; keep the one that lasts longest.
         """
-        if message.generation != self._generation:
+        if message.generation != self._generation or message.incarnation != self._incarnation:
             return
         new = self._decode(message)
         with self._lock:
-            if new.generation != self._generation:
+            if new.generation != self._generation or message.incarnation != self._incarnation:
                 return
             need = self._done
             cur = self._plan
@@ -448,7 +479,8 @@ class ScheduleHandle:
         response = self._conn.call(
             self._conn.stub.GetState,
             scheduler_pb2.GetStateRequest(job_id=self.job_id, iteration=iteration,
-                                          generation=self._generation),
+                                          generation=self._generation,
+                                          incarnation=self._incarnation),
             what=what,
             wait=self._wait_timeout,
         )
@@ -460,20 +492,28 @@ class ScheduleHandle:
             "state_json": response.state_json,
         }
 
-    def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
+    def load_state_dict(self, state_dict: Mapping[str, Any], *, fork: bool = False,
+                        allow_unsigned: bool = False) -> None:
         """Resume from ``state_dict()``: a new generation, values of its next iteration.
 
-        Works against any server, including one whose store is empty. Every rank loads
-        the same checkpoint; the first load bumps the job's generation, the others join.
+        Works against any server, including one whose store is empty. Every rank of a
+        run loads the same checkpoint and they share one new generation; another run
+        loading it again gets another generation (which stops this one's ranks).
+        ``fork=True`` starts this job from another job's checkpoint (audited);
+        ``allow_unsigned=True`` (admin tokens) loads a state this service did not sign.
         """
-        self._check_alive()
+        if self._detached:
+            raise ParamschedError(f"the handle of job {self.job_id!r} is detached")
         if not isinstance(state_dict, Mapping) or "state_json" not in state_dict:
             raise ValueError("not a paramsched state_dict (from handle.state_dict())")
         fmt = state_dict.get("format", STATE_FORMAT)
-        if fmt != STATE_FORMAT:
-            raise ValueError(f"unknown paramsched state format {fmt!r}")
+        if fmt not in READABLE_FORMATS:
+            raise ValueError(f"unknown paramsched state format {fmt!r} (this client reads "
+                             f"{', '.join(READABLE_FORMATS)})")
         request = scheduler_pb2.LoadStateRequest(
-            job_id=self.job_id, state_json=str(state_dict["state_json"]), plan_size=self._plan_size
+            job_id=self.job_id, state_json=str(state_dict["state_json"]),
+            plan_size=self._plan_size, run_id=self.run_id, world_size=self.world_size,
+            rank=self.rank, fork=fork, allow_unsigned=allow_unsigned,
         )
         response = self._conn.call(
             self._conn.stub.LoadState,
@@ -481,15 +521,34 @@ class ScheduleHandle:
             what=f"job {self.job_id!r}: loading the schedule state",
             wait=self._wait_timeout,
         )
+        self._restart(response.job, response.plan)
+
+    def start_over(self) -> None:
+        """Train this job again from iteration 0, in a new generation for this run
+        (audited): the other run's progress, decisions and changes are dropped. Every
+        rank of the run may call it; they share the new generation."""
+        if self._detached:
+            raise ParamschedError(f"the handle of job {self.job_id!r} is detached")
+        request = scheduler_pb2.AttachJobRequest(
+            job_id=self.job_id, world_size=self.world_size, rank=self.rank,
+            plan_size=self._plan_size, run_id=self.run_id, start_over=True)
+        response = self._conn.call(
+            self._conn.stub.AttachJob, request,
+            what=f"job {self.job_id!r}: starting over", wait=self._wait_timeout)
+        self._restart(response.job, response.plan)
+
+    def _restart(self, job: scheduler_pb2.Job, plan: scheduler_pb2.Plan) -> None:
+        """Adopt a new generation of the job (resume, start-over) from ``plan``'s start."""
         with self._lock:
             self._reporter.reset()
-            self._use_job(response.job, response.plan)
-            self._done = response.plan.start_iteration
+            self._use_job(job, plan)
+            self._done = plan.start_iteration
             self._applied = -1
             self._row = ()
             self._last_epoch_ended = None
             self._warned_past_end = False
             self._fatal = None
+            self._resume_required = False
             self._sizer.restart()
         # A checkpoint taken at an epoch end before end_epoch() waits for that decision:
         # the caller may still make it (end_epoch), the next step insists on it.
@@ -500,6 +559,8 @@ class ScheduleHandle:
             raise ParamschedError(f"the handle of job {self.job_id!r} is detached")
         if self._fatal is not None:
             raise self._fatal
+        if self._resume_required:
+            raise self._resume_error()
 
     def detach(self) -> None:
         """Remove the optimizer hooks, stop the reporter and tell the server where this

@@ -26,6 +26,21 @@ Row = tuple[float, ...]
 #: stops at a pending decision that a refill cannot get past).
 NEVER = sys.maxsize
 
+#: a plan of ``SHORT_PLAN_FROM`` to ``SHORT_PLAN`` iterations is refilled once a quarter
+#: of it is used, any other at half. Such a plan is a young one (the client's first
+#: plans, 256 iterations by default, while the loop's rate is not known yet or the
+#: sizer is still growing them): its refill's round trip and the server's work (which
+#: grows with the next plan's size) are a large part of what it lasts, so it asks
+#: early. A long plan lasts many round trips at any rate; a plan smaller than
+#: ``SHORT_PLAN_FROM`` was asked for (``plan_size``) and already refills often.
+SHORT_PLAN_FROM = 256
+SHORT_PLAN = 2048
+
+
+def refill_after(n: int) -> int:
+    """Iterations of an ``n``-iteration plan to run before asking for the next one."""
+    return n // 4 if SHORT_PLAN_FROM <= n < SHORT_PLAN else max(1, n // 2)
+
 
 @dataclass(frozen=True, slots=True)
 class Plan:
@@ -72,7 +87,7 @@ class Plan:
 def decode_plan(message: scheduler_pb2.Plan, *, max_iters: int) -> Plan:
     """Copy a wire plan into a ``Plan`` and work out when to ask for the next one.
 
-    A refill is wanted once fewer than half of the plan's iterations remain, unless
+    A refill is wanted once ``refill_after(n)`` of the plan's iterations are used, unless
     the plan already reaches the job's last iteration (the plan's own ``max_iters``
     when the server sent one, else ``max_iters``: the values after training) or stops
     at a pending decision.
@@ -91,9 +106,14 @@ def decode_plan(message: scheduler_pb2.Plan, *, max_iters: int) -> Plan:
     stop = start + n
     waits = message.waits_for_epoch if message.HasField("waits_for_epoch") else None
     complete = waits is not None or stop > max_iters or n == 0
-    refill_at = NEVER if complete else stop - max(1, n // 2)
+    refill_at = NEVER if complete else start + refill_after(n)
     return Plan(start, n, values, params, message.num_groups, message.generation, waits,
                 refill_at, max_iters)
+
+
+#: a rate is measured over at least this long and this many iterations.
+MIN_RATE_SECONDS = 0.001
+MIN_RATE_ITERATIONS = 16
 
 
 class PlanSizer:
@@ -126,7 +146,9 @@ class PlanSizer:
             self._mark = (now, iteration)
             return self.want
         elapsed = now - mark[0]
-        if elapsed >= 0.005:
+        # Measured as soon as it means something: a fast loop must not run its first
+        # plans at the minimum size (each of their refills would cost it a wait).
+        if elapsed >= MIN_RATE_SECONDS and iteration - mark[1] >= MIN_RATE_ITERATIONS:
             rate = (iteration - mark[1]) / elapsed
             grow = 2 * max(current_plan, self.minimum)
             wanted = min(int(rate * self.prefetch_seconds), grow, self.maximum)

@@ -11,7 +11,9 @@ Epoch ends do not come through here: one that a decision waits on is sent by
 waits on needs no message at all (the iteration count says where epochs end).
 
 Transport failures are retried with backoff for as long as the handle lives; the
-loop keeps running on its plan meanwhile. Any other failure is handed to the handle,
+loop keeps running on its plan meanwhile, and a WARNING names the server, the job and
+the iteration once the server has been unreachable for a few seconds (then at
+intervals, and once more when it answers again). Any other failure is handed to the handle,
 which raises it in the training thread at the next ``optimizer.step()``.
 """
 
@@ -25,7 +27,7 @@ import grpc
 
 from paramsched.api.v1 import scheduler_pb2
 
-from ._rpc import Connection
+from ._rpc import Connection, Waiting
 from .errors import from_rpc_error, is_retryable
 
 log = logging.getLogger(__name__)
@@ -35,9 +37,13 @@ class Session(Protocol):
     """What the reporter needs from a ``ScheduleHandle``."""
 
     job_id: str
+    rank: int
 
     @property
     def generation(self) -> int: ...
+
+    @property
+    def iteration(self) -> int: ...
 
     def progress_request(self, last_sent: int | None) -> scheduler_pb2.ReportProgressRequest | None:
         """The report to send now, or None when the server knows ``last_sent`` and no
@@ -86,6 +92,7 @@ class Reporter:
 
     def _run(self) -> None:
         backoff = self._conn.backoff()
+        waiting: Waiting | None = None
         while not self._closed.is_set():
             self._wake.wait(self._interval)
             if self._closed.is_set():
@@ -95,11 +102,18 @@ class Reporter:
             try:
                 self.report_progress()
                 backoff.reset()
+                if waiting is not None and waiting.warned:
+                    log.warning("%s: the paramsched server at %s answers again",
+                                waiting.what, self._conn.target)
+                waiting = None
             except grpc.RpcError as exc:
                 if is_retryable(exc):
                     log.debug(
                         "paramsched job %r: report failed, retrying: %s", self._session.job_id, exc
                     )
+                    if waiting is None:
+                        waiting = self._conn.waiting(self._what)
+                    waiting.failed(exc)
                     if self._closed.wait(backoff.next_delay()):
                         return
                     self._wake.set()
@@ -109,6 +123,11 @@ class Reporter:
                                    generation)
             except Exception as exc:  # a bug or a malformed reply: surface it, never hide it
                 self._session.fail(exc, generation)
+
+    def _what(self) -> str:
+        session = self._session
+        return (f"job {session.job_id!r} (rank {getattr(session, 'rank', '?')}): reporting "
+                f"progress at iteration {getattr(session, 'iteration', '?')}")
 
     def close(self, timeout: float) -> None:
         self._closed.set()

@@ -1,4 +1,7 @@
-"""Server factory and the ``paramsched`` command line.
+"""The paramsched server: ``build_server`` (the factory) and ``paramsched serve``.
+
+The ``paramsched`` console script (``paramsched.cli``) hands ``serve`` to ``main``
+here; every other command is a client and lives there.
 
 ``paramsched serve`` alone runs a durable single-node server on the embedded store
 (a sqlite file under ``--data-dir``); ``--redis-url`` makes Redis the authority, and
@@ -27,16 +30,22 @@ from grpc_reflection.v1alpha import reflection
 
 from paramsched.api.v1 import scheduler_pb2, scheduler_pb2_grpc
 
-from . import cli
 from .auth import AuthConfigError, TokenRegistry
-from .cli.common import env as _env
 from .grpc.interceptors import AuthInterceptor, MetricsInterceptor, RawRequestInterceptor
 from .grpc.servicer import SchedulerServicer
 from .observability import InstrumentedStore, Metrics, configure_logging
 from .service import SchedulerService
+from .service.signing import StateKeyError, StateKeys
 from .store import JobStore, open_store
+from .store.embedded import StoreConfigError
+from .web import WebServer, tls_context
 
 log = logging.getLogger("paramsched.server")
+
+
+def _env(name: str, default: str | None = None) -> str | None:
+    """``PARAMSCHED_<name>``: every flag of ``serve`` has such a variable."""
+    return os.environ.get(f"PARAMSCHED_{name}", default)
 
 SERVICE_NAME = scheduler_pb2.DESCRIPTOR.services_by_name["SchedulerService"].full_name
 
@@ -63,6 +72,9 @@ class ServerConfig:
     metrics_port: int | None = None
     metrics_host: str = "127.0.0.1"
     max_message_bytes: int = 4 * 1024 * 1024
+    state_key_file: str | None = None  # HMAC keys that sign checkpoint states
+    http_port: int | None = None  # the web dashboard (server/web); None: off
+    address_file: str | None = None  # written with HOST:PORT once the server listens
 
 
 @dataclass
@@ -77,8 +89,11 @@ class RunningParts:
     metrics: Metrics
     tokens: TokenRegistry
     metrics_http: Any = None
+    web: WebServer | None = None
 
     async def close(self, grace: float | None = None) -> None:
+        if self.web is not None:
+            await self.web.close()
         await self.server.stop(grace)
         await self.store.close()
         if self.metrics_http is not None:
@@ -125,11 +140,18 @@ def server_credentials(config: ServerConfig) -> grpc.ServerCredentials | None:
 async def build_parts(config: ServerConfig) -> RunningParts:
     data_dir = Path(config.data_dir) if config.data_dir else default_data_dir()
     tokens = TokenRegistry.load(config.tokens_file, config.tokens_inline)
+    state_keys = StateKeys.load(config.state_key_file) if config.state_key_file else None
+    if tokens.enabled and state_keys is None:
+        raise StateKeyError(
+            "with --tokens-file, checkpoints must be signed: give --state-key-file (or "
+            "PARAMSCHED_STATE_KEY_FILE), a JSON file {\"keys\": [{\"id\": \"k1\", "
+            "\"secret\": \"<32+ random characters>\"}]}; see deploy/DEPLOYING.md")
     credentials = server_credentials(config)
     metrics = Metrics()
     store = open_store(config.redis_url, data_dir)
     service = SchedulerService(InstrumentedStore(store, metrics),
-                               default_plan_size=config.plan_size, events=metrics)
+                               default_plan_size=config.plan_size, events=metrics,
+                               state_keys=state_keys, auth_enabled=tokens.enabled)
     # Outermost first: count every RPC; refuse unusable raw bytes (oversized, not a
     # message) before anything reads the request; then authenticate (it reads job_id).
     interceptors: list[grpc.aio.ServerInterceptor] = [
@@ -161,8 +183,15 @@ async def build_parts(config: ServerConfig) -> RunningParts:
     metrics_http = None
     if config.metrics_port is not None:
         metrics_http = metrics.serve(config.metrics_port, config.metrics_host)
+    web = None
+    if config.http_port is not None:  # the dashboard, on the same service, tokens and TLS
+        context = (tls_context(config.tls_cert, config.tls_key, config.tls_client_ca)
+                   if credentials is not None and config.tls_cert and config.tls_key else None)
+        web = WebServer(service, tokens, host=config.host, port=config.http_port,
+                        ssl_context=context)
+        await web.start()
     return RunningParts(server, port, store, service, health_servicer, metrics, tokens,
-                        metrics_http)
+                        metrics_http, web)
 
 
 async def serve(config: ServerConfig) -> None:
@@ -176,9 +205,12 @@ async def serve(config: ServerConfig) -> None:
     auth = "bearer tokens" if parts.tokens.enabled else "no auth"
     log.info("paramsched listening on %s:%d (%s; %s, %s)", config.host, parts.port, where,
              security, auth)
+    announce(config, parts.port)
     if parts.metrics_http is not None:
         log.info("metrics on http://%s:%d/metrics", config.metrics_host,
                  parts.metrics_http.server_port)
+    if parts.web is not None:
+        log.info("dashboard on %s://%s:%d/", parts.web.scheme, config.host, parts.web.port)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -199,10 +231,40 @@ def _redact(url: str | None) -> str:
     return f"{scheme}://***@{rest.split('@', 1)[1]}"
 
 
+def client_target(host: str, port: int) -> str:
+    """The address a client on this machine reaches the server at."""
+    if host in ("", "0.0.0.0", "::", "[::]"):
+        host = "127.0.0.1"
+    return f"[{host.strip('[]')}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def announce(config: ServerConfig, port: int) -> None:
+    """Say where clients find the server: ``--address-file`` gets ``HOST:PORT`` (written
+    whole, then renamed into place, so a reader never sees half of it); a port picked
+    by the OS (``--port 0``) is printed as a line for the shell."""
+    target = client_target(config.host, port)
+    if config.address_file:
+        path = Path(config.address_file)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        tmp.write_text(target + "\n")
+        tmp.replace(path)
+    if config.port == 0:
+        print(f"export PARAMSCHED_TARGET={target}", flush=True)
+
+
 def make_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="paramsched", description=__doc__.split("\n")[0])
+    """The parser of ``paramsched serve`` (``paramsched.cli`` hands ``serve`` here)."""
+    import paramsched
+
+    version = f"paramsched {paramsched.__version__}"
+    parser = argparse.ArgumentParser(prog="paramsched", description="The paramsched server.")
+    parser.add_argument("--version", action="version", version=version)
     sub = parser.add_subparsers(dest="command", required=True)
-    serve_p = sub.add_parser("serve", help="run the scheduler server")
+    serve_p = sub.add_parser("serve", help="run the scheduler server", description=(
+        "Run the paramsched server: the embedded durable store by default, Redis with "
+        "--redis-url. Every flag has a PARAMSCHED_<FLAG> environment variable; a flag "
+        "on the command line wins."))
+    serve_p.add_argument("--version", action="version", version=version)
     serve_p.add_argument("--host", default=_env("HOST", "127.0.0.1"),
                          help="address to bind (env PARAMSCHED_HOST; default 127.0.0.1)")
     serve_p.add_argument("--port", type=int, default=int(_env("PORT", "50051") or 50051),
@@ -233,39 +295,25 @@ def make_parser() -> argparse.ArgumentParser:
     serve_p.add_argument("--metrics-port", type=int,
                          default=int(_env("METRICS_PORT") or -1),
                          help="serve Prometheus metrics on this port (env PARAMSCHED_METRICS_PORT)")
-    serve_p.add_argument("--metrics-host", default=_env("METRICS_HOST", "0.0.0.0"),
-                         help="address of the metrics endpoint (env PARAMSCHED_METRICS_HOST)")
-    health_p = sub.add_parser("health", help="check a server with the gRPC health service "
-                                               "(exit 0 when SERVING; for container probes)")
-    health_p.add_argument("--target", default=_env("HEALTH_TARGET", "127.0.0.1:50051"),
-                          help="host:port to check (env PARAMSCHED_HEALTH_TARGET)")
-    health_p.add_argument("--timeout", type=float, default=5.0)
-    cli.add_commands(sub)
+    serve_p.add_argument("--metrics-host", default=_env("METRICS_HOST", "127.0.0.1"),
+                         help="address of the metrics endpoint (env PARAMSCHED_METRICS_HOST; "
+                              "default 127.0.0.1, give 0.0.0.0 for a scraper elsewhere)")
+    serve_p.add_argument("--state-key-file", default=_env("STATE_KEY_FILE"),
+                         help="JSON file of HMAC keys that sign checkpoint states; required "
+                              "with --tokens-file (env PARAMSCHED_STATE_KEY_FILE)")
+    serve_p.add_argument("--http-port", type=int, default=int(_env("HTTP_PORT") or -1),
+                         help="serve the web dashboard and its JSON API on this port, 0 "
+                              "picks a free one (env PARAMSCHED_HTTP_PORT; default off)")
+    serve_p.add_argument("--address-file", default=_env("ADDRESS_FILE"), metavar="PATH",
+                         help="write HOST:PORT there once listening, e.g. with --port 0 "
+                              "(env PARAMSCHED_ADDRESS_FILE)")
     return parser
-
-
-def check_health(target: str, timeout: float) -> int:
-    """Exit status for ``paramsched health``: 0 SERVING, 1 anything else."""
-    try:
-        with grpc.insecure_channel(target) as channel:
-            reply = health_pb2_grpc.HealthStub(channel).Check(
-                health_pb2.HealthCheckRequest(service=SERVICE_NAME), timeout=timeout)
-    except grpc.RpcError as exc:
-        print(f"{target}: {exc.code().name}: {exc.details()}", file=sys.stderr)
-        return 1
-    status = health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
-    print(f"{target}: {status}")
-    return 0 if reply.status == health_pb2.HealthCheckResponse.SERVING else 1
 
 
 def main(argv: list[str] | None = None) -> int:
     args = make_parser().parse_args(argv)
     configure_logging(str(getattr(args, "log_level", "INFO")),
                       str(getattr(args, "log_format", "text")))
-    if args.command == "health":
-        return check_health(args.target, args.timeout)
-    if args.command != "serve":
-        return cli.run(args)
     if args.command == "serve":
         config = ServerConfig(
             host=args.host, port=args.port, redis_url=args.redis_url, data_dir=args.data_dir,
@@ -273,10 +321,12 @@ def main(argv: list[str] | None = None) -> int:
             tokens_inline=os.environ.get("PARAMSCHED_TOKENS"), tls_cert=args.tls_cert,
             tls_key=args.tls_key, tls_client_ca=args.tls_client_ca,
             metrics_port=None if args.metrics_port < 0 else args.metrics_port,
-            metrics_host=args.metrics_host)
+            metrics_host=args.metrics_host, state_key_file=args.state_key_file,
+            address_file=args.address_file,
+            http_port=None if args.http_port < 0 else args.http_port)
         try:
             asyncio.run(serve(config))
-        except (OSError, AuthConfigError) as exc:
+        except (OSError, AuthConfigError, StateKeyError, StoreConfigError) as exc:
             log.error("cannot start: %s", exc)
             return 1
     return 0

@@ -26,8 +26,34 @@ class AlreadyExists(ServiceError):
     code = "already_exists"
 
 
+class OutOfRange(InvalidArgument):
+    """An argument outside what the job's current state allows (a change that would
+    start before the iteration values were already handed out for)."""
+
+    code = "out_of_range"
+
+
 class FailedPrecondition(ServiceError):
+    """This rank is fenced: it must stop (and its client says so). ``reason`` tells the
+    client why, in one word: ``generation`` (resumed or restarted since), ``incarnation``
+    (deleted and created again), ``lost`` (the job is gone from the store)."""
+
     code = "failed_precondition"
+
+    def __init__(self, message: str, *, reason: str = "generation") -> None:
+        self.reason = reason
+        super().__init__(message)
+
+
+class Aborted(ServiceError):
+    """The job changed while the request was being served; the same request may succeed
+    when retried (clients retry it with backoff)."""
+
+    code = "aborted"
+
+
+class PermissionDenied(ServiceError):
+    code = "permission_denied"
 
 
 class Unavailable(ServiceError):

@@ -100,6 +100,9 @@ class InstrumentedStore:
     async def report(self, job_id: str, **kwargs: Any) -> JobRecord:
         return await self._timed("report", self.inner.report(job_id, **kwargs))
 
+    async def join(self, job_id: str, **kwargs: Any) -> tuple[JobRecord, str]:
+        return await self._timed("join", self.inner.join(job_id, **kwargs))
+
     async def load_state(self, job_id: str, **kwargs: Any) -> tuple[JobRecord, bool]:
         return await self._timed("load_state", self.inner.load_state(job_id, **kwargs))
 

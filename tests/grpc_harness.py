@@ -7,6 +7,8 @@ synchronous stubs, the way training code talks to the server.
 from __future__ import annotations
 
 import asyncio
+import json
+import tempfile
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -19,6 +21,15 @@ from paramsched.api.v1 import scheduler_pb2_grpc
 from paramsched.server.app import RunningParts, ServerConfig, build_parts
 
 
+def write_state_keys(folder: Path, *ids: str) -> str:
+    """A state key file with keys ``ids`` (default one key, "test-1"); returns its path."""
+    keys = [{"id": key_id, "secret": f"{key_id}-secret-".ljust(40, "x")}
+            for key_id in (ids or ("test-1",))]
+    path = folder / "state-keys.json"
+    path.write_text(json.dumps({"keys": keys}))
+    return str(path)
+
+
 class InProcessServer:
     def __init__(
         self,
@@ -28,6 +39,11 @@ class InProcessServer:
         plan_size: int = 256,
         **config: Any,
     ) -> None:
+        if (config.get("tokens_inline") or config.get("tokens_file")) and \
+                "state_key_file" not in config:
+            # A server with tokens needs a key that signs checkpoint states.
+            config["state_key_file"] = write_state_keys(
+                Path(tempfile.mkdtemp(prefix="paramsched-keys-")))
         self.config = ServerConfig(
             host=config.pop("host", "127.0.0.1"), port=0, data_dir=data_dir,
             redis_url=redis_url, plan_size=plan_size, **config,

@@ -86,10 +86,14 @@ def _is_adam_style(initial_values: Sequence[Mapping[str, Any]]) -> bool:
     return any("betas" in group for group in initial_values)
 
 
-def build_optimizer(initial_values: Sequence[Mapping[str, Any]]) -> torch.optim.Optimizer:
+def build_optimizer(
+    initial_values: Sequence[Mapping[str, Any]],
+    dtypes: Sequence[Mapping[str, str]] | None = None,
+) -> torch.optim.Optimizer:
     """A real SGD (momentum) or Adam (betas) optimizer, one tiny tensor per group.
 
-    The first group's settings double as the optimizer defaults.
+    The first group's settings double as the optimizer defaults. ``dtypes[g][key] ==
+    "float32"`` makes that value a 0-dim float32 tensor (``lr=torch.tensor(1e-3)``).
     """
     if not initial_values:
         raise ValueError("need at least one param group")
@@ -98,6 +102,8 @@ def build_optimizer(initial_values: Sequence[Mapping[str, Any]]) -> torch.optim.
         group: dict[str, Any] = {"params": [torch.nn.Parameter(torch.zeros(2))]}
         for key, value in settings.items():
             group[key] = tuple(value) if key == "betas" else value
+            if dtypes and dtypes[len(groups)].get(key) == "float32":
+                group[key] = torch.tensor(value, dtype=torch.float32)
         groups.append(group)
     defaults = {k: v for k, v in groups[0].items() if k != "params"}
     if _is_adam_style(initial_values):
@@ -127,6 +133,7 @@ def mmengine_curves(
     metrics_by_epoch: Mapping[int, Mapping[str, float] | None] | None = None,
     *,
     use_optim_wrapper: bool = False,
+    dtypes: Sequence[Mapping[str, str]] | None = None,
 ) -> OracleResult:
     """Run MMEngine's schedulers for one job and record every iteration's values.
 
@@ -156,7 +163,7 @@ def mmengine_curves(
     cfgs: list[Any] = (
         [param_scheduler] if isinstance(param_scheduler, Mapping) else list(param_scheduler)
     )
-    optimizer = build_optimizer(initial_values)
+    optimizer = build_optimizer(initial_values, dtypes)
     target: Any = OptimWrapper(optimizer) if use_optim_wrapper else optimizer
     real_groups = optimizer.param_groups
     result = OracleResult(curves=[], param_names=[], max_iters=loop_max_iters)
@@ -283,6 +290,7 @@ def _crashes_in_longer_run(
     max_epochs: int | None,
     max_iters: int | None,
     index: int | None,
+    dtypes: Sequence[Mapping[str, str]] | None = None,
 ) -> bool:
     """Whether MMEngine crashes (not on metrics) on these settings in a longer loop.
 
@@ -300,10 +308,15 @@ def _crashes_in_longer_run(
             probes.append([alone])
     for probe in probes:
         for extra in (1, 2, 4, 8):
-            longer = mmengine_curves(probe, initial_values, epoch_length, max_epochs=epochs + extra)
+            longer = mmengine_curves(probe, initial_values, epoch_length,
+                                     max_epochs=epochs + extra, dtypes=dtypes)
             if longer.error is not None and longer.phase in ("build", "step"):
                 return True
     return False
+
+
+def _has_nan(curves: Curves) -> bool:
+    return any(v != v for step in curves for group in step for v in group.values())
 
 
 def assert_engine_matches_mmengine(
@@ -318,6 +331,8 @@ def assert_engine_matches_mmengine(
     windows: Sequence[tuple[int, int]] = (),
     strict_rejections: bool | None = None,
     keyframe_intervals: Sequence[int] = (1, 3),
+    dtypes: Sequence[Mapping[str, str]] | None = None,
+    semantics: int | None = None,
 ) -> OracleResult:
     """Differential check of ``paramsched.server.schedules`` against MMEngine.
 
@@ -343,7 +358,8 @@ def assert_engine_matches_mmengine(
         strict_rejections = os.environ.get("PARAMSCHED_PARITY_STRICT", "") not in ("", "0")
 
     oracle = mmengine_curves(
-        param_scheduler, initial_values, epoch_length, max_epochs, max_iters, metrics_by_epoch
+        param_scheduler, initial_values, epoch_length, max_epochs, max_iters, metrics_by_epoch,
+        dtypes=dtypes,
     )
     job = _describe_job(
         param_scheduler, initial_values, epoch_length, max_epochs, max_iters, metrics_by_epoch
@@ -359,6 +375,8 @@ def assert_engine_matches_mmengine(
             copy.deepcopy([dict(g) for g in initial_values]),
             epoch_length=epoch_length,
             **loop,
+            dtypes=copy.deepcopy(dtypes),
+            semantics=semantics,
         )
 
     if oracle.error is not None and oracle.phase in ("build", "step"):
@@ -383,6 +401,10 @@ def assert_engine_matches_mmengine(
     try:
         spec = build()
     except ConfigError as exc:
+        if _has_nan(oracle.curves):
+            # MMEngine goes on with a NaN value (no training can use it): refusing the
+            # config up front is what paramsched does for these.
+            return oracle
         if not strict_rejections and _crashes_in_longer_run(
             param_scheduler,
             initial_values,
@@ -390,6 +412,7 @@ def assert_engine_matches_mmengine(
             max_epochs,
             max_iters,
             getattr(exc, "index", None),
+            dtypes,
         ):
             # The config is broken (MMEngine crashes on it once the loop is long
             # enough to reach the bad step); rejecting it up front is tolerated.

@@ -6,16 +6,23 @@ or Adam with betas, 1-3 groups), the loop length and per-epoch validation metric
 
 The strategies cover every scheduler kind (Constant, Linear, Exponential, Step,
 MultiStep, CosineAnnealing, Poly, CosineRestart, ReduceOnPlateau as ``*LR``,
-``*Momentum`` and ``*ParamScheduler`` variants, plus OneCycle), omitted/given
-``begin``/``end``, overlapping windows and gaps, mixed ``by_epoch``,
-``convert_to_iter_based``, and every documented option. Values stay in sane ranges
-so that most cases are valid, but a small share is deliberately invalid (MMEngine
-crashes on them; our engine must reject them with ``ConfigError``).
+``*Momentum`` and ``*ParamScheduler`` variants, plus OneCycle as ``*LR`` and
+``*ParamScheduler``), up to six schedulers per job, omitted/given ``begin``/``end``
+(fractional, negative, ``float('inf')``), overlapping windows and gaps, mixed
+``by_epoch``, ``convert_to_iter_based``, every documented option, and the loose inputs
+MMEngine trains with: ints for bools (``by_epoch=0``), floats for ints (``milestones=[2.0]``,
+``step_size=2.5``, ``patience=1.5``), scoped type names (``'mmengine.LinearLR'``),
+generic schedulers on ``momentum`` with Adam, NaN/inf validation metrics (monitored or
+not), float32 tensor lrs (``Case.dtypes``), several groups, iteration-based jobs.
+Values stay in sane ranges so that most cases are valid, but a small share is
+deliberately invalid (MMEngine crashes on them; our engine must reject them with
+``ConfigError``).
 """
 
 from __future__ import annotations
 
 import copy
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -67,6 +74,8 @@ class Case:
     max_epochs: int | None = None
     max_iters: int | None = None
     metrics: dict[int, dict[str, float] | None] = field(default_factory=dict)
+    #: per group ``{param: "float32"}`` for values held as float32 tensors, or None
+    dtypes: list[dict[str, str]] | None = None
 
     @property
     def total_iters(self) -> int:
@@ -100,6 +109,7 @@ class Case:
             *(f"    {cfg!r}," for cfg in self.param_scheduler),
             "]",
             f"metrics={self.metrics!r}",
+            f"dtypes={self.dtypes!r}",
         ]
         return "\n".join(lines)
 
@@ -185,10 +195,14 @@ def _window(draw: st.DrawFn, horizon: int, allow_invalid: bool = True) -> Config
     out: Config = {}
     if kind in ("begin", "both"):
         out["begin"] = draw(st.integers(0, max(0, horizon)))
+        if draw(_rare(8)):
+            out["begin"] = -draw(st.integers(1, 3))  # a window opened before the build
     if kind in ("end", "both"):
-        lo = out.get("begin", 0)
+        lo = max(0, out.get("begin", 0))
         if allow_invalid and draw(_rare(30)):
-            out["end"] = lo  # end <= begin: MMEngine raises ValueError
+            out["end"] = out.get("begin", 0)  # end <= begin: MMEngine raises ValueError
+        elif draw(_rare(12)):
+            out["end"] = math.inf  # MMEngine's end=float('inf'): no end
         else:
             out["end"] = lo + draw(st.integers(1, max(1, horizon + 2 - lo)))
     return out
@@ -203,7 +217,9 @@ def _family_kwargs(
 ) -> Config:
     """The kind-specific arguments of one scheduler."""
     kw: Config = {}
-    span = int(max(1, window.get("end", unit_horizon) - window.get("begin", 0)))
+    end = window.get("end", unit_horizon)
+    end = unit_horizon + 2 if end == math.inf else end
+    span = int(max(1, end - max(0, window.get("begin", 0))))
     if family == "Constant":
         if draw(_rare(40)):
             kw["factor"] = 0.0  # 1/0 at the last in-window step
@@ -220,12 +236,17 @@ def _family_kwargs(
         kw["gamma"] = draw(st.one_of(gammas, st.sampled_from([1.05, 1.2])))
     elif family == "Step":
         kw["step_size"] = 0 if draw(_rare(40)) else draw(st.integers(1, 4))
+        if draw(_rare(4)):
+            kw["step_size"] = draw(st.sampled_from([1.0, 2.0, 1.5, 2.5]))  # floats for ints
         if draw(st.booleans()):
             kw["gamma"] = draw(gammas)
     elif family == "MultiStep":
         kw["milestones"] = sorted(
             draw(st.lists(st.integers(0, unit_horizon + 1), min_size=0, max_size=4))
         )
+        if kw["milestones"] and draw(_rare(3)):  # floats for ints: 2.0, or 2.5 (converted)
+            half = draw(st.booleans())
+            kw["milestones"] = [m + 0.5 if half else float(m) for m in kw["milestones"]]
         if draw(st.booleans()):
             kw["gamma"] = draw(gammas)
     elif family == "CosineAnnealing":
@@ -247,12 +268,14 @@ def _family_kwargs(
         if draw(st.booleans()):
             kw["eta_min"] = draw(eta_mins)
         if draw(st.booleans()):
-            kw["power"] = draw(st.sampled_from([0.5, 1.0, 2.0, 3.0]))
+            kw["power"] = draw(st.sampled_from([0.5, 1.0, 2.0, 3.0, 0.9, 2]))
     elif family == "CosineRestart":
         periods = draw(
             st.lists(st.integers(1, max(1, unit_horizon // 2 + 1)), min_size=1, max_size=3)
         )
         kw["periods"] = periods
+        if draw(_rare(4)):  # floats for ints
+            kw["periods"] = [p + draw(st.sampled_from([0.0, 0.5])) for p in periods]
         n_weights = len(periods)
         if draw(_rare(30)):
             n_weights += 1  # AssertionError: lengths differ
@@ -274,12 +297,14 @@ def _family_kwargs(
             kw["rule"] = draw(st.sampled_from(["less", "greater"]))
         kw["factor"] = draw(st.sampled_from([0.1, 0.5, 0.8]))
         kw["patience"] = draw(st.integers(0, 3))
+        if draw(_rare(4)):
+            kw["patience"] = draw(st.sampled_from([0.5, 1.5, 2.0]))  # floats for ints
         if draw(st.booleans()):
             kw["threshold"] = draw(st.sampled_from([0.0, 1e-4, 0.05]))
         if draw(st.booleans()):
             kw["threshold_rule"] = draw(st.sampled_from(["rel", "abs"]))
         if draw(st.booleans()):
-            kw["cooldown"] = draw(st.integers(0, 2))
+            kw["cooldown"] = draw(st.sampled_from([0, 1, 2, 0.5, 1.0]))
         min_value = draw(st.sampled_from(["omit", "scalar", "list", "badlist"]))
         if min_value == "scalar":
             kw["min_value"] = draw(st.sampled_from([0.0, 1e-4, 1e-3, 0.005]))
@@ -317,7 +342,7 @@ def _family_kwargs(
         if draw(st.booleans()):
             kw["final_div_factor"] = draw(st.sampled_from([1e4, 100.0, 1.0]))
         if draw(st.booleans()):
-            kw["three_phase"] = draw(st.booleans())
+            kw["three_phase"] = draw(st.sampled_from([True, False, 0, 1]))
     else:  # pragma: no cover
         raise AssertionError(family)
     return kw
@@ -333,11 +358,15 @@ def scheduler_cfg(draw: st.DrawFn, loop: _Loop, family: str | None = None) -> Co
     flavours = ["LR", "LR", "Momentum", "Param"] if family != "OneCycle" else ["LR", "Param"]
     flavour = draw(st.sampled_from(flavours))
     cfg: Config = {"type": type_name(family, flavour)}
+    if draw(_rare(6)):
+        cfg["type"] = f"mmengine.{cfg['type']}"  # a scoped name, as in a config file
     if flavour == "Param":
         if family == "OneCycle":
             names = ["lr"] * 10 + ["momentum"]  # OneCycle asserts param_name == 'lr'
         elif loop.adam:
-            names = ["lr", "weight_decay"]
+            # momentum: MMEngine's group key, there once a Momentum scheduler is built
+            # (``cases`` puts one first); betas[0] follows only when one steps.
+            names = ["lr", "weight_decay", "momentum"]
         else:
             names = ["lr", "momentum", "weight_decay"]
         cfg["param_name"] = draw(st.sampled_from(names))
@@ -347,28 +376,30 @@ def scheduler_cfg(draw: st.DrawFn, loop: _Loop, family: str | None = None) -> Co
     # by_epoch: omitted (True), True, False; OneCycle is mostly per iteration and
     # ReduceOnPlateau only supports by_epoch=True.
     if family == "OneCycle":
-        by_epoch_choices: list[bool | None] = [False, False, False, None, True]
+        by_epoch_choices: list[bool | int | None] = [False, False, False, None, True, 0]
     elif family == "ReduceOnPlateau":
-        by_epoch_choices = [None, None, True, True] * 5 + [False]
+        by_epoch_choices = [None, None, True, True, 1] * 5 + [False]
     else:
-        by_epoch_choices = [None, True, False, False]
+        by_epoch_choices = [None, True, False, False, 0, 1]  # ints for bools too
     by_epoch = draw(st.sampled_from(by_epoch_choices))
     if by_epoch is not None:
         cfg["by_epoch"] = by_epoch
+    in_epochs = by_epoch is None or bool(by_epoch)
     convert = False
-    if by_epoch is not False and family != "ReduceOnPlateau" and draw(_rare(3)):
+    if in_epochs and family != "ReduceOnPlateau" and draw(_rare(3)):
         convert = True
-    elif by_epoch is False and draw(_rare(60)):
+    elif not in_epochs and draw(_rare(60)):
         convert = True  # AssertionError: only epoch-based configs convert
     if convert:
-        cfg["convert_to_iter_based"] = True
+        cfg["convert_to_iter_based"] = draw(st.sampled_from([True, True, 1]))
 
-    in_epochs = by_epoch is not False
     horizon = loop.epochs if in_epochs else loop.total_iters
     window = draw(_window(horizon))
-    if convert and bool(window) and draw(_rare(3)):
-        # fractional epochs are fine once converted: int(begin * epoch_length)
-        key = draw(st.sampled_from(sorted(window)))
+    finite: list[str] = sorted(k for k, v in window.items() if v != math.inf)
+    if finite and draw(_rare(3 if convert else 6)):
+        # fractional windows: converted, int(begin * epoch_length); otherwise MMEngine
+        # compares its integer steps with them (a Poly over [0, 3.5) turns complex)
+        key = draw(st.sampled_from(finite))
         window[key] = window[key] + 0.5
     cfg.update(window)
     cfg.update(draw(_family_kwargs(family, horizon, loop, window)))
@@ -407,7 +438,7 @@ def _warmup_then_main(draw: st.DrawFn, loop: _Loop) -> list[Config]:
         )
     )
     main = draw(scheduler_cfg(loop, family=main_family))
-    if main.get("by_epoch", True) is False:
+    if not main.get("by_epoch", True):
         main["begin"] = warm_iters
         main["end"] = max(main.get("end", loop.total_iters), warm_iters + 1)
     else:
@@ -423,8 +454,10 @@ def _warmup_then_main(draw: st.DrawFn, loop: _Loop) -> list[Config]:
 
 @st.composite
 def _metrics(draw: st.DrawFn, epochs: int) -> dict[int, dict[str, float] | None]:
-    losses = st.sampled_from([2.0, 1.0, 1.0, 0.9, 0.9, 0.8, 0.85, 0.5, 0.49995])
-    accs = st.sampled_from([0.1, 0.5, 0.5, 0.6, 0.6, 0.55, 0.9, 0.90004])
+    # NaN and +-inf now and then: a diverged validation loss (NaN is never "better").
+    odd = [math.nan, math.inf, -math.inf]
+    losses = st.sampled_from([2.0, 1.0, 1.0, 0.9, 0.9, 0.8, 0.85, 0.5, 0.49995] * 4 + odd)
+    accs = st.sampled_from([0.1, 0.5, 0.5, 0.6, 0.6, 0.55, 0.9, 0.90004] * 4 + odd)
     out: dict[int, dict[str, float] | None] = {}
     for e in range(epochs):
         choice = draw(st.sampled_from(["full"] * 15 + ["none"] * 4 + ["partial"]))
@@ -434,6 +467,9 @@ def _metrics(draw: st.DrawFn, epochs: int) -> dict[int, dict[str, float] | None]
             out[e] = {"acc": draw(accs)}  # 'loss' missing: KeyError if monitored
         else:
             out[e] = {"loss": draw(losses), "acc": draw(accs)}
+        got = out[e]
+        if got is not None and draw(_rare(8)):
+            got["unmonitored"] = draw(st.sampled_from(odd))  # a key no scheduler reads
     return out
 
 
@@ -453,8 +489,14 @@ def cases(draw: st.DrawFn, adam: bool | None = None) -> Case:
     if draw(_rare(3)):
         scheds = draw(_warmup_then_main(loop))
     else:
-        scheds = draw(st.lists(scheduler_cfg(loop), min_size=1, max_size=4))
+        scheds = draw(st.lists(scheduler_cfg(loop), min_size=1, max_size=6))
+    if is_adam:
+        scheds = draw(_momentum_key_first(loop, scheds))
     metrics = draw(_metrics(max_epochs)) if max_epochs is not None else {}
+    dtypes = None
+    if draw(_rare(4)):  # lr=torch.tensor(...): float32 arithmetic, in some groups or all
+        dtypes = [{"lr": "float32"} if draw(st.booleans()) or g == 0 else {}
+                  for g in range(len(values))]
     return Case(
         param_scheduler=scheds,
         initial_values=values,
@@ -462,4 +504,29 @@ def cases(draw: st.DrawFn, adam: bool | None = None) -> Case:
         max_epochs=max_epochs,
         max_iters=max_iters,
         metrics=metrics,
+        dtypes=dtypes,
     )
+
+
+def _is_generic_momentum(cfg: Config) -> bool:
+    return str(cfg.get("type", "")).endswith("ParamScheduler") and cfg.get(
+        "param_name") == "momentum"
+
+
+@st.composite
+def _momentum_key_first(draw: st.DrawFn, loop: _Loop, scheds: list[Config]) -> list[Config]:
+    """Adam: a generic scheduler on ``momentum`` needs the key a Momentum scheduler adds
+    when built (else MMEngine raises KeyError); put one before it, mostly."""
+    out: list[Config] = []
+    has_key = False
+    for cfg in scheds:
+        if _is_generic_momentum(cfg) and not has_key and not draw(_rare(10)):
+            family = draw(st.sampled_from([f for f in FAMILIES if f != "OneCycle"]))
+            momentum = draw(scheduler_cfg(loop, family=family))
+            momentum["type"] = type_name(family, "Momentum")
+            momentum.pop("param_name", None)
+            out.append(momentum)
+            has_key = True
+        has_key = has_key or str(cfg.get("type", "")).endswith("Momentum")
+        out.append(cfg)
+    return out

@@ -8,6 +8,7 @@ import io
 import json
 import logging
 import os
+import re
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -16,11 +17,12 @@ from typing import Any
 
 import pytest
 
+import paramsched.cli as cli
 from paramsched.api.v1 import scheduler_pb2 as pb
 from paramsched.api.v1 import scheduler_pb2_grpc as pb_grpc
-from paramsched.server import cli
-from paramsched.server.app import main, make_parser
-from paramsched.server.cli import curves as cli_curves
+from paramsched.cli import curves as cli_curves
+from paramsched.cli import main, make_parser
+from paramsched.client import admin as client_admin
 from paramsched.server.schedules import Timeline, build_job_spec
 
 from grpc_harness import InProcessServer
@@ -50,7 +52,7 @@ def request_for(*argv: str) -> pb.RescheduleJobRequest:
 def test_the_cli_talks_grpc_only_and_loads_plotting_lazily(tmp_path: Path):
     """Top layer: the CLI reaches the server over gRPC, never through its service or
     store; matplotlib and PyYAML load only when a plot or YAML file needs them."""
-    code = ("import sys, paramsched.server.cli; "
+    code = ("import sys, paramsched.cli; "
             "bad = sorted(m for m in sys.modules if m.startswith(('paramsched.server.service', "
             "'paramsched.server.store', 'paramsched.server.grpc', 'matplotlib', 'yaml', 'torch')));"
             "assert not bad, bad")
@@ -312,7 +314,7 @@ def test_plot_a_plateau_config_as_if_no_validation_ran(tmp_path: Path,
 def test_plot_rejects_a_bad_config_naming_the_scheduler(tmp_path: Path,
                                                         capsys: pytest.CaptureFixture[str]):
     config = tmp_path / "bad.json"
-    config.write_text(json.dumps([{"type": "StepLR", "step_size": 0}]))
+    config.write_text(json.dumps([{"type": "StepLR", "step_size": 0, "by_epoch": False}]))
     assert paramsched("plot", str(config), "--max-iters", "9", "--csv",
                       str(tmp_path / "x.csv")) == 2
     err = capsys.readouterr().err
@@ -347,7 +349,7 @@ def test_simulate_in_chunks_equals_one_replay(monkeypatch: pytest.MonkeyPatch):
     spec = build_job_spec(CONFIG_AS_JSON, GROUPS, epoch_length=5, max_epochs=4)
     stream = io.StringIO()
     curves = cli.simulate(spec, cli.ProgressBar(21, "s", stream=stream, enabled=True))
-    assert curves.rows == engine_values(CONFIG_AS_JSON)
+    assert [list(row) for row in curves.rows] == engine_values(CONFIG_AS_JSON)
     assert stream.getvalue().count("\r") == 3  # 7, 14, 21
 
 
@@ -434,7 +436,7 @@ def test_plot_a_live_job_past_solid_future_dashed(stub: pb_grpc.SchedulerService
                                                   target: str, tmp_path: Path,
                                                   monkeypatch: pytest.MonkeyPatch):
     new_job(stub, "plot-live")
-    monkeypatch.setattr(cli_curves, "VALUES_PER_CALL", 12)  # 3 iterations per GetValues call
+    monkeypatch.setattr(client_admin, "VALUES_PER_CALL", 12)  # 3 iterations per GetValues call
     out, table = tmp_path / "live.png", tmp_path / "live.csv"
     assert paramsched("plot", "--job", "plot-live", "--out", str(out), "--csv", str(table)) == 0
     assert_png(out)
@@ -485,7 +487,7 @@ def test_too_early_an_iteration_is_refused_with_the_earliest_allowed(
     new_job(stub, "early")
     assert paramsched("hold", "early", "lr", "--from", "3") == 1
     err = capsys.readouterr().err
-    assert err.startswith("error: FAILED_PRECONDITION:") and "is 15" in err
+    assert err.startswith("error: OUT_OF_RANGE:") and "is 15" in err
 
 
 def test_guardrails_refuse_a_big_jump_unless_forced_and_always_keep_bounds(
@@ -493,7 +495,7 @@ def test_guardrails_refuse_a_big_jump_unless_forced_and_always_keep_bounds(
     new_job(stub, "guarded", max_jump_factor=2.0, bounds={"lr": (0.0, 0.5)})
     assert paramsched("set", "guarded", "lr", "0.001") == 1
     err = capsys.readouterr().err
-    assert err.startswith("error: FAILED_PRECONDITION:") and "force" in err
+    assert err.startswith("error: INVALID_ARGUMENT:") and "force" in err
     assert stub.GetJob(pb.GetJobRequest(job_id="guarded")).job.num_changes == 0
 
     assert paramsched("set", "guarded", "lr", "5", "--force") == 1
@@ -545,3 +547,152 @@ def test_the_installed_executable_runs_the_commands(stub: pb_grpc.SchedulerServi
     missing = subprocess.run([str(executable), "jobs", "show", "nope", "--target",
                               server.target], capture_output=True, text=True, timeout=60)
     assert missing.returncode == 1 and missing.stderr.startswith("error: NOT_FOUND:")
+
+
+# -- the operator's experience -------------------------------------------------------
+@pytest.mark.parametrize("argv", [["--version"], ["serve", "--version"],
+                                  ["jobs", "list", "--version"], ["decay", "--version"]])
+def test_version_everywhere(argv: list[str], capsys: pytest.CaptureFixture[str]):
+    import paramsched as package
+
+    with pytest.raises(SystemExit) as info:
+        paramsched(*argv)
+    assert info.value.code == 0
+    assert capsys.readouterr().out.strip() == f"paramsched {package.__version__}"
+
+
+def test_help_says_what_the_command_is_and_every_flag_has_help(
+        capsys: pytest.CaptureFixture[str]):
+    with pytest.raises(SystemExit):
+        paramsched("--help")
+    out = capsys.readouterr().out
+    assert out.startswith("usage: paramsched") and "Server factory" not in out
+    assert "``" not in out and "serve" in out and "PARAMSCHED_TARGET" in out
+    import argparse
+
+    from paramsched.server.app import make_parser as serve_parser
+
+    def parsers(parser: argparse.ArgumentParser) -> Iterator[argparse.ArgumentParser]:
+        yield parser
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for sub in action.choices.values():
+                    yield from parsers(sub)
+
+    silent = [f"{p.prog} {a.option_strings[0]}"
+              for p in [*parsers(make_parser()), *parsers(serve_parser())]
+              for a in p._actions if a.option_strings and not a.help]
+    assert not silent, silent
+
+
+def test_an_unreachable_server_says_how_to_start_or_find_one(capsys: pytest.CaptureFixture[str]):
+    assert paramsched("jobs", "show", "j", "--target", "127.0.0.1:1") == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: UNAVAILABLE: cannot reach the paramsched server at 127.0.0.1:1")
+    hint = err.splitlines()[-1]
+    assert hint.startswith("hint: ") and "paramsched serve" in hint
+    assert "--target" in hint and "PARAMSCHED_TARGET" in hint
+
+
+def test_jobs_show_counts_groups_in_good_grammar(stub: pb_grpc.SchedulerServiceStub,
+                                                 target: str,
+                                                 capsys: pytest.CaptureFixture[str]):
+    spec = spec_proto(WARMUP_COSINE, [GROUPS[0]])
+    stub.AttachJob(pb.AttachJobRequest(job_id="one-group", spec=spec, world_size=1))
+    assert paramsched("jobs", "show", "one-group") == 0
+    out = capsys.readouterr().out
+    assert "(1 param group)" in out and "1 param groups" not in out
+    new_job(stub, "two-groups")
+    assert paramsched("jobs", "show", "two-groups") == 0
+    assert "(2 param groups)" in capsys.readouterr().out
+
+
+def test_a_change_on_a_finished_job_says_the_job_finished(stub: pb_grpc.SchedulerServiceStub,
+                                                          target: str,
+                                                          capsys: pytest.CaptureFixture[str]):
+    new_job(stub, "finished", reported=0)
+    for rank in (0, 1):
+        stub.ReportProgress(pb.ReportProgressRequest(job_id="finished", generation=1,
+                                                     rank=rank, iteration=20, plan_size=64))
+    assert paramsched("set", "finished", "lr", "0.01") == 1
+    err = capsys.readouterr().err
+    assert "job 'finished' finished at iteration 20" in err and "from_iteration" not in err
+    assert "Traceback" not in err
+
+
+def test_a_dry_run_shows_the_values_at_the_start_and_the_end_of_the_change(
+        stub: pb_grpc.SchedulerServiceStub, target: str, capsys: pytest.CaptureFixture[str]):
+    new_job(stub, "dry-end")
+    assert paramsched("decay", "dry-end", "lr", "--to", "0.0001", "--over", "4",
+                      "--dry-run") == 0
+    captured = capsys.readouterr()
+    lines = captured.out.splitlines()
+    assert "at 19: before" in lines[2]
+    before = engine_values(WARMUP_COSINE)
+    row = next(line for line in lines if line.strip().startswith("lr"))
+    at_s, at_end = before[15][0]["lr"], before[19][0]["lr"]
+    assert re.search(rf"lr\s+{at_s:.6g}\s+->\s+{at_s:.6g}\s+{at_end:.6g}\s+->\s+0.0001\s+\*$",
+                     row), row  # equal at s; the target at s + N
+    assert captured.err == ""
+
+
+def test_a_change_running_past_the_end_of_training_warns(stub: pb_grpc.SchedulerServiceStub,
+                                                         target: str,
+                                                         capsys: pytest.CaptureFixture[str]):
+    new_job(stub, "past-end")
+    assert paramsched("decay", "past-end", "lr", "--to", "1e-5", "--over", "2000",
+                      "--dry-run") == 0
+    err = capsys.readouterr().err
+    assert err.startswith("warning: the decay runs to iteration 2015 but the job ends at "
+                          "iteration 20") and "never reaches its target" in err
+
+
+def test_plots_take_a_log_y_axis_and_keep_labels_inside_the_frame(
+        stub: pb_grpc.SchedulerServiceStub, target: str, tmp_path: Path):
+    from paramsched.cli import plots
+
+    new_job(stub, "log-y")
+    out = tmp_path / "job.png"
+    assert paramsched("plot", "--job", "log-y", "--out", str(out), "--log-y") == 0
+    assert_png(out)
+    curves = cli.simulate(build_job_spec(WARMUP_COSINE, GROUPS, epoch_length=5, max_epochs=4))
+    fig = plots.draw(str(tmp_path / "marks.png"), [plots.Layer(curves, "x", "-", 1.0)],
+                     title="t", epoch_length=5, marks=[(7, "now")], log_y=True)
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    renderer = FigureCanvasAgg(fig).get_renderer()
+    for ax in fig.axes[:2]:
+        if not ax.texts:
+            continue
+        assert ax.get_yscale() == "log"
+        frame = ax.get_window_extent(renderer)
+        for text in ax.texts:
+            box = text.get_window_extent(renderer)
+            assert frame.y0 <= box.y0 and box.y1 <= frame.y1, (box, frame)
+
+
+def test_serve_writes_its_address_and_prints_an_export_line_for_port_0(tmp_path: Path):
+    import signal
+    import time
+
+    executable = Path(sys.executable).parent / "paramsched"
+    address = tmp_path / "addr"
+    proc = subprocess.Popen(
+        [str(executable), "serve", "--port", "0", "--data-dir", str(tmp_path / "data"),
+         "--address-file", str(address)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while not address.exists() and time.monotonic() < deadline and proc.poll() is None:
+            time.sleep(0.05)
+        target = address.read_text().strip()
+        assert target.startswith("127.0.0.1:") and int(target.split(":")[1]) > 0
+        line = proc.stdout.readline() if proc.stdout else ""
+        assert line.strip() == f"export PARAMSCHED_TARGET={target}"
+        health = subprocess.run([str(executable), "health", "--target", target],
+                                capture_output=True, text=True, timeout=60)
+        assert health.returncode == 0, health.stderr
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.communicate(timeout=30)
+    assert proc.returncode == 0

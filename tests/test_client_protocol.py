@@ -262,11 +262,12 @@ def test_joining_without_a_config_gets_the_same_values(client: Client) -> None:
     job = _job()
     first, second = make_optimizer(SGD_GROUPS), make_optimizer(SGD_GROUPS)
     with client.attach(
-        first, job, WARMUP_COSINE, epoch_length=3, max_epochs=4, rank=0, world_size=2
+        first, job, WARMUP_COSINE, epoch_length=3, max_epochs=4, rank=0, world_size=2,
+        run_id="two-ranks",
     ):
         for group in second.param_groups:
             group["lr"] = 123.0
-        with client.attach(second, job, rank=1, world_size=2) as joined:
+        with client.attach(second, job, rank=1, world_size=2, run_id="two-ranks") as joined:
             assert snapshot(second, list(joined.params)) == snapshot(first, list(joined.params))
 
 
@@ -382,8 +383,9 @@ def test_a_rank_waits_for_another_ranks_decision(server: Any) -> None:
     curves, names = expect(PLATEAU, SGD_GROUPS, 3, max_epochs=2, metrics=metrics)
     with Client(address, wait_timeout=10, report_interval=0.05) as client:
         opt0, opt1 = make_optimizer(SGD_GROUPS), make_optimizer(SGD_GROUPS)
-        h0 = client.attach(opt0, job, PLATEAU, epoch_length=3, max_epochs=2, rank=0, world_size=2)
-        h1 = client.attach(opt1, job, rank=1, world_size=2)
+        h0 = client.attach(opt0, job, PLATEAU, epoch_length=3, max_epochs=2, rank=0, world_size=2,
+                           run_id="two-ranks")
+        h1 = client.attach(opt1, job, rank=1, world_size=2, run_id="two-ranks")
 
         def rank0() -> None:
             time.sleep(0.3)
@@ -511,7 +513,8 @@ def test_detach_reports_where_the_rank_stopped(server: Any) -> None:
     cfg = [{"type": "ExponentialLR", "gamma": 0.5, "by_epoch": False}]
     with Client(address, report_interval=30.0) as client:
         opt = make_optimizer(SGD_GROUPS)
-        with client.attach(opt, _job(), cfg, max_iters=10, rank=1, world_size=2):
+        with client.attach(opt, _job(), cfg, max_iters=10, rank=1, world_size=2,
+                           run_id="two-ranks"):
             for _ in range(3):
                 opt.step()
     last = fake.calls("ReportProgress")[-1]

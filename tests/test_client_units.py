@@ -68,9 +68,12 @@ def test_plan_rows_follow_the_wire_layout_iteration_group_param() -> None:
     assert plan.covers(5) and plan.covers(7) and not plan.covers(8) and not plan.covers(4)
 
 
-def test_plan_asks_for_a_refill_once_half_of_it_is_used() -> None:
-    plan = decode_plan(_wire_plan(10, 8, 1, ["lr"]), max_iters=100)
-    assert plan.refill_at == 14
+def test_a_young_plan_asks_for_a_refill_at_a_quarter_any_other_at_half() -> None:
+    assert decode_plan(_wire_plan(10, 8, 1, ["lr"]), max_iters=100).refill_at == 14
+    young = decode_plan(_wire_plan(10, 256, 1, ["lr"]), max_iters=10**6)
+    assert young.refill_at == 10 + 64
+    long = decode_plan(_wire_plan(10, 4096, 1, ["lr"]), max_iters=10**6)
+    assert long.refill_at == 10 + 2048
 
 
 def test_plan_reaching_the_end_of_the_job_or_a_decision_needs_no_refill() -> None:

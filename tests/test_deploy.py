@@ -217,7 +217,7 @@ def test_the_files_the_dockerfile_copies_build_the_server(tmp_path: Path) -> Non
             zf.read(n).decode() for n in names if n.endswith(".dist-info/entry_points.txt")
         )
     assert {"paramsched/server/app.py", "paramsched/api/v1/scheduler_pb2.py"} <= names
-    assert "paramsched = paramsched.server.app:main" in entry_points
+    assert "paramsched = paramsched.cli:main" in entry_points
     torch_requirements = [line for line in metadata.splitlines()
                           if line.startswith("Requires-Dist: torch")]  # fmt: skip
     assert torch_requirements and all("extra ==" in line for line in torch_requirements)

@@ -8,7 +8,10 @@ Runner's ParamSchedulerHook does) and through ``paramsched.server.schedules``:
   ``0..max_iters`` must agree to ``rel_tol=1e-9``, whether asked by ``values_range``
   or by random access ``values_at``.
 
-The random test is derandomized and sized for CI (``PARAMSCHED_PARITY_QUICK``
+The generator (``strategies.cases``) covers issue 12's inputs too: up to six schedulers,
+negative/fractional/infinite windows, ints for bools, floats for ints, scoped type names,
+generic schedulers on Adam's ``momentum``, NaN/inf metrics and float32 tensor lrs
+(``Case.dtypes``). The random test is derandomized and sized for CI (``PARAMSCHED_PARITY_QUICK``
 examples, default 2000). A second, randomized search explores new jobs on every run
 (``PARAMSCHED_PARITY_EXAMPLES`` examples, default 200; e.g. 20000 for a long hunt); a
 failure prints the blob that reproduces it.
@@ -16,6 +19,7 @@ failure prints the blob that reproduces it.
 
 from __future__ import annotations
 
+import json
 import math
 import os
 from typing import Any
@@ -23,6 +27,8 @@ from typing import Any
 import pytest
 from hypothesis import HealthCheck, given, note, settings
 from hypothesis import strategies as st
+
+from paramsched.server.schedules import ReplayState, Timeline, build_job_spec
 
 from oracle_mmengine import assert_engine_matches_mmengine, mmengine_curves
 from strategies import Case, cases
@@ -56,6 +62,7 @@ def _check_case(case: Case, data: st.DataObject) -> None:
         metrics_by_epoch=case.metrics,
         sample_ts=ts,
         windows=windows,
+        dtypes=case.dtypes,
     )
 
 
@@ -501,3 +508,140 @@ def test_iter_based_loop_steps_epoch_schedulers_once_after_the_last_iteration() 
     lrs = _lr(curves)
     assert lrs[:6] == pytest.approx([0.05, 0.075, 0.1, 0.1, 0.1, 0.1], rel=1e-12)
     assert lrs[6] == pytest.approx(0.05, rel=1e-12)  # after the last iteration: epoch ended
+
+
+# --------------------------------------------------------------------------- issue 12
+# Configs MMEngine trains that paramsched once refused or computed differently; each
+# must match MMEngine bit for bit (rejections are not tolerated here).
+
+
+def _strict(param_scheduler: Any, initial_values: list[dict[str, Any]], epoch_length: int,
+            metrics: dict[int, dict[str, float] | None] | None = None,
+            **job: Any) -> list[list[dict[str, float]]]:
+    total = (job["max_epochs"] * epoch_length if job.get("max_epochs") is not None
+             else int(job["max_iters"]))
+    oracle = assert_engine_matches_mmengine(
+        param_scheduler, initial_values, epoch_length, strict_rejections=True,
+        metrics_by_epoch=metrics, sample_ts=[total, 0, total // 2],
+        windows=[(0, total + 1)], **job)
+    assert oracle.ok, f"MMEngine crashed: {oracle.error!r}"
+    return oracle.curves
+
+
+def test_adam_generic_momentum_writes_the_key_and_betas0_follows_momentum_steps() -> None:
+    cfg = [
+        dict(type="ConstantMomentum", factor=1.0, by_epoch=False),
+        dict(type="ConstantParamScheduler", param_name="momentum", factor=0.5,
+             by_epoch=False, end=3),
+    ]
+    curves = _strict(cfg, [dict(ADAM)], 1, max_iters=4)
+    assert [c[0]["momentum"] for c in curves] == [0.9, 0.45, 0.45, 0.9, 0.9]
+
+
+def test_a_later_momentum_scheduler_resets_the_key_from_betas0() -> None:
+    cfg = [
+        dict(type="StepMomentum", step_size=2, gamma=0.9, by_epoch=False, end=3),
+        dict(type="LinearParamScheduler", param_name="momentum", start_factor=0.5,
+             by_epoch=False),
+        dict(type="ExponentialMomentum", gamma=0.99, by_epoch=True),
+        dict(type="ReduceOnPlateauMomentum", patience=0, factor=0.5, begin=2),
+    ]
+    metrics: dict[int, dict[str, float] | None] = {0: {"loss": 1.0}, 1: None, 2: {"loss": 2.0},
+                                                   3: {"loss": 3.0}}
+    _strict(cfg, [dict(ADAM), dict(ADAM2)], 3, max_epochs=4, metrics=metrics)
+
+
+@pytest.mark.parametrize("bad", [math.nan, math.inf, -math.inf])
+def test_non_finite_metrics_monitored_or_not(bad: float) -> None:
+    cfg = [dict(type="ReduceOnPlateauLR", patience=0, factor=0.5),
+           dict(type="ReduceOnPlateauParamScheduler", param_name="weight_decay",
+                monitor="acc", rule="greater", patience=1)]
+    metrics: dict[int, dict[str, float] | None] = {
+        0: {"loss": bad, "acc": 0.5, "other": bad}, 1: {"loss": 1.0, "acc": bad},
+        2: {"loss": bad, "acc": bad}, 3: {"loss": 0.5, "acc": 0.6, "other": math.nan}}
+    _strict(cfg, [dict(SGD), dict(SGD2)], 2, max_epochs=4, metrics=metrics)
+
+
+@pytest.mark.parametrize(
+    "cfg",
+    [
+        dict(type="mmengine.LinearLR", start_factor=0.25),
+        dict(type="mmengine.CosineAnnealingParamScheduler", param_name="weight_decay",
+             eta_min=0.0, _scope_="mmengine"),
+        dict(type="LinearLR", start_factor=0.25, by_epoch=0),
+        dict(type="LinearLR", start_factor=0.25, by_epoch=1, convert_to_iter_based=1),
+        dict(type="OneCycleLR", eta_max=0.5, by_epoch=0, three_phase=1),
+        dict(type="LinearLR", start_factor=0.25, begin=-2, by_epoch=False, end=5),
+        dict(type="CosineAnnealingLR", begin=-1.5, end=3, eta_min=0.01),
+        dict(type="PolyLR", power=2.0, begin=-3, by_epoch=False),
+        dict(type="LinearLR", start_factor=0.5, begin=-1, convert_to_iter_based=True),
+        dict(type="MultiStepLR", milestones=[2.0, 3.0]),
+        dict(type="MultiStepLR", milestones=[1, 2.5], convert_to_iter_based=True),
+        dict(type="StepLR", step_size=2.5, by_epoch=False),
+        dict(type="StepLR", step_size=1.0),
+        dict(type="StepLR", step_size=0, end=1),
+        dict(type="CosineRestartLR", periods=[2.5, 3], restart_weights=[1, 0.5], eta_min=0.0,
+             by_epoch=False),
+        dict(type="LinearLR", start_factor=0.5, end=math.inf),
+        dict(type="CosineAnnealingLR", eta_min=0.01, end=math.inf, by_epoch=False),
+        dict(type="OneCycleLR", eta_max=0.5, end=math.inf, by_epoch=False),
+        dict(type="PolyLR", power=0.9, by_epoch=False, end=7.5, begin=0.5),
+    ],
+)
+def test_loose_configs_mmengine_trains(cfg: dict[str, Any]) -> None:
+    _strict([cfg], [dict(SGD), dict(SGD2)], 4, max_epochs=4)
+
+
+def test_plateau_float_patience_and_cooldown() -> None:
+    cfg = dict(type="ReduceOnPlateauLR", patience=1.5, cooldown=0.5, factor=0.5)
+    metrics: dict[int, dict[str, float] | None] = {e: {"loss": 1.0} for e in range(8)}
+    _strict(cfg, [dict(SGD)], 1, max_epochs=8, metrics=metrics)
+
+
+FLOAT32 = [{"lr": "float32"}, {}]
+
+
+@pytest.mark.parametrize(
+    "cfg",
+    [
+        [dict(type="LinearLR", start_factor=0.1, by_epoch=False, end=10),
+         dict(type="CosineAnnealingLR", eta_min=1e-5, by_epoch=False, begin=10)],
+        [dict(type="CosineAnnealingLR", eta_min_ratio=0.1, T_max=3, by_epoch=False),
+         dict(type="PolyLR", power=2.0, eta_min=1e-6, by_epoch=False, begin=12)],
+        [dict(type="CosineRestartLR", periods=[5, 10], restart_weights=[1, 0.5],
+              eta_min_ratio=0.1, by_epoch=False)],
+        [dict(type="ExponentialLR", gamma=0.9, by_epoch=False),
+         dict(type="ReduceOnPlateauLR", patience=0, factor=0.5)],
+        [dict(type="OneCycleLR", eta_max=0.01, by_epoch=False),
+         dict(type="StepLR", step_size=2, by_epoch=False)],
+        [dict(type="MultiStepLR", milestones=[3, 6, 6], gamma=0.3, by_epoch=False),
+         dict(type="ConstantLR", factor=0.3, by_epoch=False, end=7)],
+    ],
+)
+def test_float32_tensor_lr_chains_in_float32(cfg: list[dict[str, Any]]) -> None:
+    """``Adam(lr=torch.tensor(1e-3))``: MMEngine's arithmetic on a float32 tensor rounds
+    to float32 after every operation; the float64 group next to it does not."""
+    metrics: dict[int, dict[str, float] | None] = {e: {"loss": 1.0} for e in range(3)}
+    oracle = assert_engine_matches_mmengine(
+        cfg, [dict(ADAM), dict(ADAM2)], 10, max_epochs=3, metrics_by_epoch=metrics,
+        dtypes=FLOAT32, strict_rejections=True)
+    assert oracle.ok
+    spec = build_job_spec(cfg, [dict(ADAM), dict(ADAM2)], epoch_length=10, max_epochs=3,
+                          dtypes=FLOAT32)
+    got = Timeline(spec).values_range(0, 31, metrics)
+    assert [g[0]["lr"] for g in got] == [c[0]["lr"] for c in oracle.curves]  # bit for bit
+
+
+def test_float32_differs_from_float64_and_survives_a_state_round_trip() -> None:
+    cfg = [dict(type="CosineAnnealingLR", eta_min=1e-5, by_epoch=False)]
+    f32 = build_job_spec(cfg, [dict(ADAM)], max_iters=30, dtypes=[{"lr": "float32"}])
+    f64 = build_job_spec(cfg, [dict(ADAM)], max_iters=30)
+    assert f32.to_dict()["dtypes"] == [{"lr": "float32"}]
+    a = Timeline(f32).values_range(0, 31)
+    assert a != Timeline(f64).values_range(0, 31)
+    replayer = Timeline(f32).replayer
+    state = replayer.initial.copy()
+    replayer.advance(state, 10, {})
+    again = ReplayState.from_dict(json.loads(json.dumps(state.to_dict())))
+    replayer.advance(again, 30, {})
+    assert replayer.group_values(again) == a[30]

@@ -7,7 +7,13 @@ from typing import Any
 
 import pytest
 
-from paramsched.server.schedules import ConfigError, JobSpec, Timeline, build_job_spec
+from paramsched.server.schedules import (
+    ConfigError,
+    JobSpec,
+    ScheduleArithmeticError,
+    Timeline,
+    build_job_spec,
+)
 
 SGD = [{"lr": 0.1, "momentum": 0.9, "weight_decay": 1e-4}]
 ADAM = [{"lr": 1e-3, "betas": [0.9, 0.999], "weight_decay": 0.0}]
@@ -171,7 +177,6 @@ def test_non_finite_numbers(bad: float):
     ("cfg", "field"),
     [
         (dict(type="StepLR", step_size="3"), "step_size"),
-        (dict(type="StepLR", step_size=2.5), "step_size"),
         (dict(type="StepLR", step_size=True), "step_size"),
         (dict(type="MultiStepLR", milestones=3), "milestones"),
         (dict(type="MultiStepLR", milestones=[1, "2"]), "milestones"),
@@ -292,3 +297,120 @@ def test_spec_round_trips_through_plain_data():
     assert again.to_dict() == spec.to_dict()
     assert Timeline(again).values_range(0, 51) == Timeline(spec).values_range(0, 51)
     assert spec.momentum_via_betas
+
+
+# -- issue 12: refusals name index, type and field; loose inputs MMEngine trains pass --
+def test_poly_complex_value_is_refused_up_front_for_lr():
+    # T = end - begin - 1 = 2.5: at step 3 the base 1 - 1/(T-k+1) is -1; (-1)**0.9 is complex
+    msg = rejected([dict(type="PolyLR", power=0.9, by_epoch=True, end=3.5)], "power",
+                   epoch_length=1, max_epochs=4)
+    assert "complex" in msg
+
+
+def test_poly_complex_value_is_refused_for_a_custom_key_too():
+    """Decided: MMEngine trains on (a custom key silently holds a complex number), but a
+    paramsched value is a real number, so the config is refused, naming ``power``."""
+    groups = [{"lr": 0.1, "foo": 1.0}]
+    rejected([dict(type="PolyParamScheduler", param_name="foo", power=0.5, by_epoch=False,
+                   end=2.5)], "power", groups=groups, max_iters=4)
+
+
+def test_poly_fractional_window_is_fine_when_the_complex_step_is_never_reached():
+    spec = build([dict(type="PolyLR", power=0.9, by_epoch=True, end=3.5)], epoch_length=1,
+                 max_epochs=2)
+    assert len(Timeline(spec).values_range(0, 3)) == 3
+
+
+def test_poly_integer_power_of_a_negative_base_is_real():
+    build([dict(type="PolyLR", power=2.0, by_epoch=True, end=3.5)], epoch_length=1,
+          max_epochs=4)
+
+
+def test_step_size_zero_is_fine_when_the_window_holds_one_step():
+    spec = build([dict(type="StepLR", step_size=0, end=1)], epoch_length=1, max_epochs=4)
+    assert [v[0]["lr"] for v in Timeline(spec).values_range(0, 5)] == [0.1] * 5
+
+
+def test_infinite_end_cannot_be_converted_to_iterations():
+    msg = rejected([dict(type="LinearLR", end=math.inf, convert_to_iter_based=True)], "end")
+    assert "OverflowError" in msg
+
+
+def test_infinite_end_is_no_end():
+    spec = build([dict(type="ExponentialLR", gamma=0.5, end=math.inf)], max_epochs=3)
+    assert [v[0]["lr"] for v in Timeline(spec).values_range(0, 31, {})][-1] == 0.1 * 0.5**3
+
+
+@pytest.mark.parametrize(("key", "bad"), [("begin", math.nan), ("begin", -math.inf),
+                                          ("end", math.nan), ("end", -math.inf),
+                                          ("begin", math.inf)])
+def test_non_finite_window_other_than_infinite_end(key: str, bad: float):
+    rejected([dict(type="ConstantLR", **{key: bad})], key)
+
+
+@pytest.mark.parametrize(
+    ("cfg", "field"),
+    [
+        (dict(type="mmdet.LinearLR"), "type"),  # a scope mmengine-lite does not know
+        (dict(type="mmengine.WarmupStableDecayLR"), "type"),  # paramsched's own type
+        (dict(type="LinearLR", by_epoch=[1]), "by_epoch"),
+        (dict(type="OneCycleLR", eta_max=0.1, total_steps=4.0), "total_steps"),
+    ],
+)
+def test_refusals_of_what_mmengine_refuses(cfg: dict[str, Any], field: str):
+    rejected([cfg], field)
+
+
+@pytest.mark.parametrize(
+    "cfg",
+    [
+        dict(type="mmengine.StepLR", step_size=2),
+        dict(type="LinearLR", by_epoch=0, end=4),
+        dict(type="LinearLR", by_epoch=1.0, verbose=0),
+        dict(type="MultiStepLR", milestones=[1.0, 2.5]),
+        dict(type="StepLR", step_size=2.5),
+        dict(type="ReduceOnPlateauLR", patience=1.5, cooldown=0.5),
+        dict(type="CosineRestartLR", periods=[2.5], eta_min=0.0),
+        dict(type="ConstantLR", begin=-3),
+    ],
+)
+def test_loose_inputs_mmengine_trains_are_accepted(cfg: dict[str, Any]):
+    build([cfg])
+
+
+def test_run_time_arithmetic_failure_names_index_type_and_field():
+    # gamma**2 overflows at the milestone listed twice: MMEngine crashes there too.
+    spec = build([dict(type="LinearLR", by_epoch=False, end=2),
+                  dict(type="MultiStepLR", milestones=[2, 2], gamma=1e200)])
+    with pytest.raises(ScheduleArithmeticError) as info:
+        Timeline(spec).values_range(0, 51)
+    err = info.value
+    assert err.field == "param_scheduler[1].gamma" and err.index == 1
+    assert "MultiStepLR" in str(err) and "'gamma'" in str(err)
+
+
+def test_non_finite_metrics_are_metrics_like_any_other():
+    spec = build([dict(type="ReduceOnPlateauLR", patience=0)])
+    timeline = Timeline(spec)
+    for metrics in ({"loss": math.nan}, {"loss": math.inf, "other": -math.inf},
+                    {"loss": 1.0, "unmonitored": math.nan}):
+        timeline.check_metrics(0, metrics)
+    # NaN is never better: with patience 0 it reduces; read again from the store (a new
+    # NaN object), the same decision is still the same decision.
+    first = timeline.values_range(0, 21, {0: {"loss": math.nan}, 1: {"loss": 1.0}})
+    again = timeline.values_range(0, 21, {0: {"loss": float("nan")}, 1: {"loss": 1.0}})
+    assert first == again and first[10][0]["lr"] < first[0][0]["lr"]
+
+
+@pytest.mark.parametrize(("dtypes", "field"), [
+    ([{"lr": "float16"}], "dtypes[0].lr"),
+    ([{"nope": "float32"}], "dtypes[0].nope"),
+    ([{"betas": "float32"}], "dtypes[0].betas"),
+    ([{}, {}], "dtypes"),
+    ("float32", "dtypes"),
+])
+def test_dtypes_are_checked(dtypes: Any, field: str):
+    with pytest.raises(ConfigError) as info:
+        build_job_spec([dict(type="ConstantLR")], ADAM, epoch_length=2, max_epochs=2,
+                       dtypes=dtypes)
+    assert info.value.field == field

@@ -1,10 +1,13 @@
 """The direction of imports (DESIGN.md): schedules <- store <- service <- grpc <- app;
 the server never imports torch; the engine is stdlib only; the client never imports
-server code. Checked on the source files themselves, so a new import cannot sneak in."""
+server code, and its core (connection, errors, plans, admin calls) no torch; the CLI
+uses the client core (+ the engine for local plots, + the app for ``serve`` only).
+Checked on the source files themselves, so a new import cannot sneak in."""
 
 from __future__ import annotations
 
 import ast
+import subprocess
 import sys
 from pathlib import Path
 
@@ -12,7 +15,11 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGES = {"paramsched.server": ROOT / "server", "paramsched.client": ROOT / "client",
-            "paramsched": ROOT / "proto" / "paramsched"}
+            "paramsched.cli": ROOT / "cli", "paramsched": ROOT / "proto" / "paramsched"}
+#: the client's torch layer: everything else in paramsched.client is its core.
+TORCH_LAYER = ("paramsched.client.handle", "paramsched.client.optim", "paramsched.client.spec",
+               "paramsched.client.ranks", "paramsched.client.runs",
+               "paramsched.client.integrations")
 
 
 def modules(package: str) -> dict[str, Path]:
@@ -71,12 +78,14 @@ def test_server_layers_only_import_downwards():
 
 
 @pytest.mark.parametrize(("package", "forbidden"), [
-    ("paramsched.server", ("torch", "mmengine", "paramsched.client")),
-    ("paramsched.client", ("paramsched.server", "mmengine", "redis")),
+    ("paramsched.server", ("torch", "mmengine", "paramsched.client", "paramsched.cli")),
+    ("paramsched.client", ("paramsched.server", "paramsched.cli", "mmengine", "redis")),
+    ("paramsched.cli", ("torch", "mmengine", "redis", "paramsched.server.service",
+                        "paramsched.server.store", "paramsched.server.grpc", *TORCH_LAYER)),
 ])
 def test_forbidden_imports(package: str, forbidden: tuple[str, ...]):
     bad = [f"{m} imports {n}" for m, names in imports_within(package).items() for n in names
-           if n.startswith(forbidden)]
+           if any(n == f or n.startswith(f + ".") for f in forbidden)]
     assert not bad, bad
 
 
@@ -91,12 +100,32 @@ def test_schedule_engine_is_standard_library_only():
                 top in sys.stdlib_module_names or top == "__future__"), f"{module} imports {name}"
 
 
-def test_the_cli_talks_to_the_server_only_over_grpc():
-    """The operator commands are a client: the engine for local plots, nothing else."""
-    cli = {m: n for m, n in imports_within("paramsched.server").items()
-           if m.startswith("paramsched.server.cli")}
-    assert cli
+def test_the_cli_is_a_layer_on_the_client_core():
+    """One gRPC client in the codebase: the CLI's server calls go through
+    ``paramsched.Client`` (no stub of its own, except the standard health check);
+    the server app only for ``serve``, in the entry point."""
+    cli = imports_within("paramsched.cli")
+    assert "paramsched.cli.changes" in cli
     bad = [f"{m} imports {n}" for m, names in cli.items() for n in names
-           if n.startswith(("paramsched.server.service", "paramsched.server.store",
-                            "paramsched.server.grpc", "paramsched.server.app"))]
+           if n.startswith("paramsched.api.v1.scheduler_pb2_grpc") or (
+               n.startswith("paramsched.server.app") and m != "paramsched.cli")]
     assert not bad, bad
+    assert any(n.startswith("paramsched.client") for names in cli.values() for n in names)
+
+
+def test_the_client_core_never_imports_torch():
+    core = {m: n for m, n in imports_within("paramsched.client").items()
+            if not m.startswith(TORCH_LAYER)}
+    assert {"paramsched.client.admin", "paramsched.client._rpc"} <= set(core)
+    imported = {m: sorted(n for n in names if n.startswith("paramsched.client"))
+                for m, names in core.items()}
+    assert imported
+    code = ("import sys; sys.modules['torch'] = None\n"  # `import torch` now fails
+            "import paramsched, paramsched.cli\n"
+            "from paramsched import Client\n"
+            "client = Client('127.0.0.1:1'); client.close()\n"
+            "assert callable(client.list_jobs) and callable(client.decay)\n"
+            "assert not any(m.startswith('paramsched.client.handle') for m in sys.modules)")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            timeout=60)
+    assert result.returncode == 0, result.stderr

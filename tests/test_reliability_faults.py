@@ -379,7 +379,7 @@ def test_checkpoint_of_a_rank_fenced_by_a_rejoin_keeps_its_decisions(tmp_path: P
     ):
         opts = [optimizer(), optimizer()]
         handles = [client.attach(o, job, SCHEDULE, epoch_length=EPOCH_LENGTH,
-                                 max_epochs=MAX_EPOCHS, rank=r, world_size=2)
+                                 max_epochs=MAX_EPOCHS, rank=r, world_size=2, run_id="faults")
                    for r, o in enumerate(opts)]
         checkpoint: dict[str, Any] = {}
         for t in range(until):
@@ -390,7 +390,7 @@ def test_checkpoint_of_a_rank_fenced_by_a_rejoin_keeps_its_decisions(tmp_path: P
             if t + 1 == 2 * EPOCH_LENGTH:
                 checkpoint = handles[0].state_dict()
         handles[1].detach()  # rank 1 drops; its replacement rejoins from the checkpoint
-        rejoined = client.attach(optimizer(), job, rank=1, world_size=2)
+        rejoined = client.attach(optimizer(), job, rank=1, world_size=2, run_id="faults")
         rejoined.load_state_dict(checkpoint)
         assert (rejoined.iteration, rejoined.generation) == (2 * EPOCH_LENGTH, 2)
         try:

@@ -34,7 +34,7 @@ RANK = textwrap.dedent('''
     # Short plans, so a change can take effect soon after it is made.
     with Client(target, plan_size=4, max_plan_size=4, prefetch_seconds=0.0) as client:
         handle = client.attach(opt, "live", config, epoch_length=20, max_epochs=8,
-                               rank=rank, world_size=4)
+                               rank=rank, world_size=4, run_id="live-ranks")
         for _ in range(steps):
             seen.append([g["lr"] for g in opt.param_groups])
             model(torch.randn(3, 4)).sum().backward()

@@ -28,13 +28,16 @@ from redis.crc import key_slot
 from paramsched.server.store import (
     ChangeConflict,
     EmbeddedJobStore,
+    IncarnationMismatch,
     JobNotFound,
     JobRecord,
     JobStore,
+    RankOutOfRange,
     RedisJobStore,
     StaleGeneration,
     StoreUnavailable,
     TooEarly,
+    WorldSizeConflict,
     content_hash,
     open_store,
 )
@@ -497,7 +500,7 @@ class TestJobStoreContract:
         rng.shuffle(reports)
 
         async def scenario() -> None:
-            created, _ = await job_store.create(make_record())
+            created, _ = await job_store.create(make_record(world_size=10))
             await asyncio.gather(
                 *(
                     job_store.report(
@@ -665,6 +668,99 @@ class TestJobStoreContract:
             assert len(a.decisions) == 1
             assert await second.delete("job-a") is True
             assert await first.get("job-a") is None
+
+        store_loop.run(scenario())
+
+
+    # -- identity: incarnations, runs, ranks ---------------------------------------
+
+    def test_report_of_another_incarnation_is_refused_and_changes_nothing(
+        self, job_store: JobStore, store_loop: asyncio.Runner
+    ) -> None:
+        async def scenario() -> None:
+            await job_store.create(make_record(incarnation="aaaa"))
+            before = await job_store.get("job-a")
+            with pytest.raises(IncarnationMismatch) as info:
+                await job_store.report("job-a", generation=1, rank=0, iteration=5,
+                                       incarnation="bbbb")
+            assert (info.value.given, info.value.current) == ("bbbb", "aaaa")
+            assert await job_store.get("job-a") == before
+            record = await job_store.report("job-a", generation=1, rank=0, iteration=5,
+                                            incarnation="aaaa")
+            assert record.progress == {0: 5} and record.incarnation == "aaaa"
+
+        store_loop.run(scenario())
+
+    def test_report_of_a_rank_outside_the_world_size_is_refused(
+        self, job_store: JobStore, store_loop: asyncio.Runner
+    ) -> None:
+        async def scenario() -> None:
+            await job_store.create(make_record(world_size=2))
+            with pytest.raises(RankOutOfRange):
+                await job_store.report("job-a", generation=1, rank=2, iteration=1)
+            record = await job_store.get("job-a")
+            assert record is not None and record.progress == {}
+
+        store_loop.run(scenario())
+
+    def test_join_by_the_jobs_run_records_the_rank_and_checks_the_world_size(
+        self, job_store: JobStore, store_loop: asyncio.Runner
+    ) -> None:
+        async def scenario() -> None:
+            await job_store.create(make_record(run_id="run-1", world_size=0))
+            record, outcome = await job_store.join("job-a", run_id="run-1", world_size=2,
+                                                   rank=1, issue_until=64)
+            assert outcome == "joined"
+            assert (record.world_size, record.progress, record.issued_until) == (2, {1: 0}, 64)
+            assert record.generation == 1
+            with pytest.raises(WorldSizeConflict):
+                await job_store.join("job-a", run_id="run-1", world_size=3, rank=0,
+                                     issue_until=64)
+            with pytest.raises(JobNotFound):
+                await job_store.join("nobody", run_id="run-1", world_size=2, rank=0,
+                                     issue_until=1)
+
+        store_loop.run(scenario())
+
+    def test_join_by_another_run_takes_over_a_job_without_progress_in_a_new_generation(
+        self, job_store: JobStore, store_loop: asyncio.Runner
+    ) -> None:
+        async def scenario() -> None:
+            await job_store.create(make_record(run_id="run-1", progress={0: 0}))
+            entry = {"action": "run", "n": 1}
+            record, outcome = await job_store.join("job-a", run_id="run-2", world_size=8,
+                                                   rank=3, issue_until=10, audit_entry=entry)
+            assert outcome == "new_run"
+            assert (record.run_id, record.world_size, record.generation) == ("run-2", 8, 2)
+            assert record.progress == {3: 0}
+            assert await job_store.audit("job-a") == [entry]
+
+        store_loop.run(scenario())
+
+    def test_join_by_another_run_of_a_job_with_progress_changes_nothing(
+        self, job_store: JobStore, store_loop: asyncio.Runner
+    ) -> None:
+        async def scenario() -> None:
+            for job_id, children in (("job-a", {"progress": {0: 7}}),
+                                     ("job-b", {"decisions": {0: None}})):
+                await job_store.create(make_record(job_id, run_id="run-1", **children))
+                before = await job_store.get(job_id)
+                record, outcome = await job_store.join(job_id, run_id="run-2", world_size=4,
+                                                       rank=0, issue_until=99)
+                assert outcome == "resume_required"
+                assert await job_store.get(job_id) == before == record
+
+        store_loop.run(scenario())
+
+    def test_load_state_keeps_an_existing_incarnation_and_gives_a_new_job_the_given_one(
+        self, job_store: JobStore, store_loop: asyncio.Runner
+    ) -> None:
+        async def scenario() -> None:
+            fresh, _ = await load(job_store, "job-new", run_id="r1", incarnation="cafe")
+            assert (fresh.incarnation, fresh.run_id) == ("cafe", "r1")
+            await job_store.create(make_record(incarnation="beef"))
+            loaded, resumed = await load(job_store, run_id="r2", incarnation="f00d")
+            assert resumed and (loaded.incarnation, loaded.run_id) == ("beef", "r2")
 
         store_loop.run(scenario())
 

@@ -17,7 +17,7 @@ import grpc
 from paramsched.api.v1 import scheduler_pb2 as pb
 from paramsched.api.v1 import scheduler_pb2_grpc as pb_grpc
 
-from ..errors import InvalidArgument, ServiceError
+from ..errors import FailedPrecondition, InvalidArgument, ServiceError
 from ..service import JobView, Plan, SchedulerService
 from ..service.inputs import parse_json
 
@@ -31,8 +31,14 @@ _STATUS = {
     "not_found": grpc.StatusCode.NOT_FOUND,
     "already_exists": grpc.StatusCode.ALREADY_EXISTS,
     "failed_precondition": grpc.StatusCode.FAILED_PRECONDITION,
+    "aborted": grpc.StatusCode.ABORTED,
+    "out_of_range": grpc.StatusCode.OUT_OF_RANGE,
+    "permission_denied": grpc.StatusCode.PERMISSION_DENIED,
     "unavailable": grpc.StatusCode.UNAVAILABLE,
 }
+# Trailing metadata on FAILED_PRECONDITION: why the rank is fenced, in one word
+# (generation, incarnation, lost), so a client can say what to do.
+FENCE_REASON_KEY = "paramsched-fence-reason"
 
 Req = TypeVar("Req")
 Resp = TypeVar("Resp")
@@ -45,7 +51,10 @@ def _mapped(method: Handler[Req, Resp]) -> Handler[Req, Resp]:
         try:
             return await method(self, request, context)
         except ServiceError as exc:
-            await context.abort(_STATUS.get(exc.code, grpc.StatusCode.INTERNAL), str(exc))
+            reason = getattr(exc, "reason", None) if isinstance(exc, FailedPrecondition) else None
+            code = _STATUS.get(exc.code, grpc.StatusCode.INTERNAL)
+            await context.abort(code, str(exc), trailing_metadata=(
+                ((FENCE_REASON_KEY, reason),) if reason else _bad_request(exc, code)))
         except Exception:  # never let one request take the server down
             log.exception("unexpected error in %s", method.__name__)
             await context.abort(grpc.StatusCode.INTERNAL, "internal error; see the server log")
@@ -54,10 +63,24 @@ def _mapped(method: Handler[Req, Resp]) -> Handler[Req, Resp]:
     return wrapper
 
 
+def _bad_request(exc: ServiceError, code: grpc.StatusCode) -> tuple[tuple[str, bytes], ...]:
+    """An argument error's field as a ``google.rpc.BadRequest`` detail (the standard
+    ``grpc-status-details-bin`` trailer), so a client in any language can point at it."""
+    if not isinstance(exc, InvalidArgument):
+        return ()
+    from google.rpc import error_details_pb2, status_pb2
+
+    status = status_pb2.Status(code=code.value[0], message=str(exc))
+    status.details.add().Pack(error_details_pb2.BadRequest(field_violations=[
+        error_details_pb2.BadRequest.FieldViolation(field=exc.field, description=exc.reason)]))
+    return (("grpc-status-details-bin", status.SerializeToString()),)
+
+
 def spec_to_dict(spec: pb.JobSpec) -> dict[str, Any]:
     """A proto JobSpec as the spec dict the domain validates."""
     param_scheduler = parse_json(spec.param_scheduler_json, "spec.param_scheduler_json")
     groups = []
+    dtypes = [dict(group.dtypes) for group in spec.initial_values]
     for group in spec.initial_values:
         values: dict[str, Any] = dict(group.values)
         if group.betas:
@@ -77,6 +100,10 @@ def spec_to_dict(spec: pb.JobSpec) -> dict[str, Any]:
         }
     if spec.HasField("max_jump_factor"):
         data["max_jump_factor"] = spec.max_jump_factor
+    if any(dtypes):
+        data["dtypes"] = dtypes
+    if spec.HasField("semantics"):
+        data["semantics"] = spec.semantics
     return data
 
 
@@ -89,7 +116,9 @@ def spec_to_proto(data: dict[str, Any]) -> pb.JobSpec:
                 message.betas.extend(value)
             else:
                 message.values[key] = value
-    for key in ("epoch_length", "max_epochs", "max_iters", "max_jump_factor"):
+    for group_dtypes, message in zip(data.get("dtypes") or (), spec.initial_values, strict=False):
+        message.dtypes.update(group_dtypes)
+    for key in ("epoch_length", "max_epochs", "max_iters", "max_jump_factor", "semantics"):
         if data.get(key) is not None:
             setattr(spec, key, data[key])
     for name, (low, high) in (data.get("bounds") or {}).items():
@@ -111,6 +140,7 @@ def plan_to_proto(plan: Plan) -> pb.Plan:
         values=flat,
         generation=plan.generation,
         max_iters=plan.max_iters,
+        incarnation=plan.incarnation,
     )
     if plan.waits_for_epoch is not None:
         message.waits_for_epoch = plan.waits_for_epoch
@@ -132,6 +162,8 @@ def job_to_proto(view: JobView) -> pb.Job:
         created_at=record.created_at,
         issued_until=record.issued_until,
         num_changes=record.num_changes,
+        incarnation=record.incarnation,
+        run_id=record.run_id,
     )
     if spec.epoch_length is not None:
         job.epoch_length = spec.epoch_length
@@ -148,11 +180,12 @@ class SchedulerServicer(pb_grpc.SchedulerServiceServicer):
     async def AttachJob(self, request: pb.AttachJobRequest,
                         context: grpc.aio.ServicerContext) -> pb.AttachJobResponse:
         spec = spec_to_dict(request.spec) if request.HasField("spec") else None
-        view, created, plan = await self.service.attach(
+        attached = await self.service.attach(
             request.job_id, spec, world_size=request.world_size, rank=request.rank,
-            plan_size=request.plan_size)
-        return pb.AttachJobResponse(job=job_to_proto(view), created=created,
-                                    plan=plan_to_proto(plan))
+            plan_size=request.plan_size, run_id=request.run_id, start_over=request.start_over)
+        return pb.AttachJobResponse(job=job_to_proto(attached.view), created=attached.created,
+                                    plan=plan_to_proto(attached.plan),
+                                    resume_required=attached.resume_required)
 
     @_mapped
     async def GetJob(self, request: pb.GetJobRequest,
@@ -181,7 +214,7 @@ class SchedulerServicer(pb_grpc.SchedulerServiceServicer):
         plan = await self.service.report(
             request.job_id, generation=request.generation, rank=request.rank,
             iteration=request.iteration, epoch_end=epoch_end, metrics=metrics,
-            plan_size=request.plan_size)
+            plan_size=request.plan_size, incarnation=request.incarnation)
         return pb.ReportProgressResponse(plan=plan_to_proto(plan))
 
     @_mapped
@@ -195,14 +228,17 @@ class SchedulerServicer(pb_grpc.SchedulerServiceServicer):
     async def GetState(self, request: pb.GetStateRequest,
                        context: grpc.aio.ServicerContext) -> pb.GetStateResponse:
         state = await self.service.get_state(request.job_id, request.iteration,
-                                             generation=request.generation)
+                                             generation=request.generation,
+                                             incarnation=request.incarnation)
         return pb.GetStateResponse(state_json=state)
 
     @_mapped
     async def LoadState(self, request: pb.LoadStateRequest,
                         context: grpc.aio.ServicerContext) -> pb.LoadStateResponse:
         view, plan, resumed = await self.service.load_state(
-            request.job_id, request.state_json, plan_size=request.plan_size)
+            request.job_id, request.state_json, plan_size=request.plan_size,
+            world_size=request.world_size, rank=request.rank, run_id=request.run_id,
+            fork=request.fork, allow_unsigned=request.allow_unsigned)
         return pb.LoadStateResponse(job=job_to_proto(view), plan=plan_to_proto(plan),
                                     resumed=resumed)
 

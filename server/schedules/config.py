@@ -13,7 +13,16 @@ This module holds the Runner's build rules, each in one place:
 * ``WarmupStableDecay{LR,Momentum,ParamScheduler}`` is paramsched's own type (see
   ``rules.WarmupStableDecayRule``), not MMEngine's;
 * ``Momentum`` types drive ``momentum``, or ``betas[0]`` when the groups have ``betas``
-  and no ``momentum`` (Adam-style); ``*ParamScheduler`` types drive ``param_name``.
+  and no ``momentum`` (Adam-style); ``*ParamScheduler`` types drive ``param_name``. With
+  Adam (semantics 2) the ``momentum`` key a Momentum scheduler adds is its own value: a
+  generic scheduler on ``momentum`` writes only the key (see ``replay.py``);
+* loose inputs are read as MMEngine reads them: flags by truthiness (``by_epoch=0``),
+  floats in "int" fields (``step_size=2.5``, ``milestones=[2.0]``, ``patience=1.5``),
+  negative or fractional windows, ``end=float('inf')`` (no end; it cannot be
+  converted), the scope ``mmengine.`` in a type name;
+* NaN and infinities are refused everywhere but in ``end`` (``+inf``);
+* ``JobSpec.semantics`` versions these rules per job (``SEMANTICS_VERSIONS``), and
+  ``JobSpec.float32`` lists the values held as float32 tensors (see ``float32.py``).
 
 Everything MMEngine rejects, and everything on which it would crash while training
 (division or modulo by zero, OneCycle stepping past ``total_steps``), raises
@@ -22,6 +31,7 @@ Everything MMEngine rejects, and everything on which it would crash while traini
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import math
 from collections import Counter
@@ -49,15 +59,30 @@ from .rules import (
 
 INF = 10**9  # MMEngine's "no end" (int(1e9)); kept unscaled by convert_to_iter_based.
 Number = int | float
+MMENGINE_SCOPE = "mmengine"
+
+#: Engine semantics versions (see ``JobSpec.semantics``). A job keeps the version it was
+#: created with; a stored spec without one is version 1.
+#:
+#: 1. the first engine: Adam-style ``momentum`` and ``betas[0]`` are one value.
+#: 2. (current) MMEngine's two values: a generic ``*ParamScheduler(param_name='momentum')``
+#:    writes only the ``momentum`` key, ``betas[0]`` follows when a Momentum scheduler
+#:    steps, and a Momentum scheduler built later resets the key from ``betas[0]``;
+#:    a Poly step whose value would be complex is refused up front.
+SEMANTICS_VERSIONS = (1, 2)
+CURRENT_SEMANTICS = SEMANTICS_VERSIONS[-1]
+#: Value types a param group value may have: a float (or float64 tensor), or a float32
+#: tensor (``lr=torch.tensor(1e-3)``), whose arithmetic rounds to float32 after each op.
+DTYPES = ("float64", "float32")
 
 COMMON_FIELDS: dict[str, tuple[f.Check, Any]] = {
-    "begin": (f.number(low=0), 0),
-    "end": (f.number(low=0), None),
+    "begin": (f.number(), 0),  # negative: the window starts at build (MMEngine allows it)
+    "end": (f.number(allow_inf=True), None),
     "by_epoch": (f.boolean, True),
     "convert_to_iter_based": (f.boolean, False),
     "verbose": (f.boolean, False),
     "last_step": (f.minus_one, -1),
-    "_scope_": (f.text, None),
+    "_scope_": (f.optional(f.text), None),
 }
 
 REQUIRED = object()
@@ -70,9 +95,10 @@ KIND_FIELDS: dict[str, dict[str, tuple[f.Check, Any]]] = {
         "end_factor": (f.number(low=0, high=1), 1.0),
     },
     "Exponential": {"gamma": (f.number(), REQUIRED)},
-    "Step": {"step_size": (f.integer(nonzero=True), REQUIRED), "gamma": (f.number(), 0.1)},
+    # MMEngine takes floats for its "int" fields too (k % 2.5, a milestone of 2.0).
+    "Step": {"step_size": (f.number(), REQUIRED), "gamma": (f.number(), 0.1)},
     "MultiStep": {
-        "milestones": (f.sequence_of(f.integer(low=0)), REQUIRED),
+        "milestones": (f.sequence_of(f.number()), REQUIRED),
         "gamma": (f.number(), 0.1),
     },
     "CosineAnnealing": {
@@ -82,7 +108,7 @@ KIND_FIELDS: dict[str, dict[str, tuple[f.Check, Any]]] = {
     },
     "Poly": {"eta_min": (f.number(), 0), "power": (f.number(), 1.0)},
     "CosineRestart": {
-        "periods": (f.sequence_of(f.integer(low=1), min_len=1), REQUIRED),
+        "periods": (f.sequence_of(f.number(low=0), min_len=1), REQUIRED),
         "restart_weights": (f.sequence_of(f.number(), min_len=1), (1,)),
         "eta_min": (f.optional(f.number()), None),
         "eta_min_ratio": (f.optional(f.number()), None),
@@ -108,10 +134,10 @@ KIND_FIELDS: dict[str, dict[str, tuple[f.Check, Any]]] = {
         "monitor": (f.text, "loss"),
         "rule": (f.choice("less", "greater"), "less"),
         "factor": (f.number(high=1.0, high_open=True), 0.1),
-        "patience": (f.integer(low=0), 10),
+        "patience": (f.number(), 10),
         "threshold": (f.number(low=0), 1e-4),
         "threshold_rule": (f.choice("rel", "abs"), "rel"),
-        "cooldown": (f.integer(low=0), 0),
+        "cooldown": (f.number(), 0),
         "min_value": (f.number_or_sequence(f.number()), 0.0),
         "eps": (f.number(), 1e-8),
     },
@@ -142,6 +168,7 @@ class SchedulerSpec:
     begin: Number  # fractional only without convert_to_iter_based, as MMEngine allows
     end: Number
     rule: Rule | PlateauRule
+    generic: bool = False  # a *ParamScheduler type (param_name given), not LR/Momentum
 
     @property
     def is_plateau(self) -> bool:
@@ -164,6 +191,9 @@ class JobSpec:
     schedulers: tuple[SchedulerSpec, ...]
     params: tuple[str, ...]
     momentum_via_betas: bool
+    semantics: int = CURRENT_SEMANTICS
+    # Per group: the params held as float32 tensors (all others are float64).
+    float32: tuple[tuple[str, ...], ...] = ()
     # Guardrails for live changes (not MMEngine): param -> (min or None, max or None),
     # and the largest factor a change may jump a value by without being forced.
     bounds: tuple[tuple[str, float | None, float | None], ...] = ()
@@ -185,6 +215,10 @@ class JobSpec:
             "max_epochs": self.max_epochs,
             "max_iters": None if self.epoch_based else self.max_iters,
         }
+        if self.semantics != 1:  # version 1 specs keep the exact dict they were stored with
+            data["semantics"] = self.semantics
+        if any(self.float32):
+            data["dtypes"] = [{p: "float32" for p in params} for params in self.float32]
         if self.bounds:
             data["bounds"] = {p: [lo, hi] for p, lo, hi in self.bounds}
         if self.max_jump_factor is not None:
@@ -193,6 +227,7 @@ class JobSpec:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> JobSpec:
+        """Rebuild a stored spec; one without ``semantics`` is a version 1 job."""
         return build_job_spec(
             data["param_scheduler"],
             data["initial_values"],
@@ -201,7 +236,46 @@ class JobSpec:
             max_iters=data.get("max_iters"),
             bounds=data.get("bounds"),
             max_jump_factor=data.get("max_jump_factor"),
+            semantics=data.get("semantics", 1),
+            dtypes=data.get("dtypes"),
         )
+
+
+def check_semantics(value: Any) -> int:
+    """The engine semantics version a job asks for (None: the current one)."""
+    if value is None:
+        return CURRENT_SEMANTICS
+    if isinstance(value, bool) or not isinstance(value, int) or value not in SEMANTICS_VERSIONS:
+        raise ConfigError(
+            f"engine semantics version {value!r} is unknown to this server (it computes "
+            f"versions {', '.join(map(str, SEMANTICS_VERSIONS))}); upgrade the server",
+            field="semantics")
+    return value
+
+
+def _check_dtypes(raw: Any, groups: Sequence[Mapping[str, Any]]) -> tuple[tuple[str, ...], ...]:
+    """Per group, the params held as float32 tensors (``dtypes``: one dict per group)."""
+    if raw is None:
+        return ()
+    if not isinstance(raw, Sequence) or isinstance(raw, str | bytes) or len(raw) != len(groups):
+        raise ConfigError(f"must be a list with one dict per param group ({len(groups)})",
+                          field="dtypes")
+    out = []
+    for gi, (types, group) in enumerate(zip(raw, groups, strict=True)):
+        if not isinstance(types, Mapping):
+            raise ConfigError("must be a dict of param -> dtype", field=f"dtypes[{gi}]")
+        names = []
+        for name, dtype in types.items():
+            if dtype not in DTYPES:
+                raise ConfigError(f"must be one of {', '.join(DTYPES)}, got {dtype!r}",
+                                  field=f"dtypes[{gi}].{name}")
+            if name not in group or name == "betas":
+                raise ConfigError("names no numeric value of the group",
+                                  field=f"dtypes[{gi}].{name}")
+            if dtype == "float32":
+                names.append(str(name))
+        out.append(tuple(sorted(names)))
+    return tuple(out) if any(out) else ()
 
 
 def _guardrails(
@@ -234,9 +308,13 @@ def split_type(type_name: Any, index: int) -> tuple[str, str | None]:
     """``"LinearLR"`` -> (``"Linear"``, ``"lr"``); generic types give param None."""
     if not isinstance(type_name, str):
         raise ConfigError("must be a scheduler type name (a string)", field="type", index=index)
+    # MMEngine's registry resolves its own scope: "mmengine.LinearLR" is "LinearLR".
+    # paramsched's own WarmupStableDecay is no MMEngine type, so it takes no scope.
+    name = type_name.removeprefix(f"{MMENGINE_SCOPE}.")
     for suffix, param in FAMILIES:
-        kind = type_name.removesuffix(suffix)
-        if kind != type_name and kind in KIND_FIELDS:
+        kind = name.removesuffix(suffix)
+        if kind != name and kind in KIND_FIELDS and not (
+                name != type_name and kind == "WarmupStableDecay"):
             if kind == "OneCycle" and param == "momentum":
                 break
             return kind, param
@@ -330,7 +408,8 @@ def _reachable_steps(begin: Number, end: Number, by_epoch: bool, job: _Job) -> i
     global step runs 0..horizon (MMEngine steps every scheduler once more after the
     final iteration/epoch, and that step counts). Windows may be fractional."""
     horizon = job.loop_epochs if by_epoch else job.max_iters
-    return max(0, min(math.ceil(end) - 1, horizon) - math.ceil(begin) + 1)
+    last = horizon if end > horizon else math.ceil(end) - 1
+    return max(0, last - max(0, math.ceil(begin)) + 1)
 
 
 @dataclass(frozen=True)
@@ -339,6 +418,7 @@ class _Job:
     epoch_length: int | None
     max_epochs: int | None
     max_iters: int
+    semantics: int = CURRENT_SEMANTICS
 
     @property
     def loop_epochs(self) -> int:
@@ -355,6 +435,8 @@ def build_job_spec(
     max_iters: int | None = None,
     bounds: Mapping[str, Any] | None = None,
     max_jump_factor: float | None = None,
+    semantics: int | None = None,
+    dtypes: Any = None,
 ) -> JobSpec:
     """Validate a job and build its schedulers, the way MMEngine's Runner would.
 
@@ -362,11 +444,15 @@ def build_job_spec(
     ``initial_values``: one dict per param group with the optimizer's numeric values
     (``lr``, ``momentum`` or ``betas``, ``weight_decay``, any custom key).
     ``max_epochs`` (epoch-based loop, needs ``epoch_length``) or ``max_iters``.
+    ``semantics``: the engine semantics version (None: the current one, for a new job).
+    ``dtypes``: per group, ``{param: "float32"}`` for values held as float32 tensors.
     """
+    version = check_semantics(semantics)
     groups, epoch_length, max_epochs, total_iters = _validate_job(
         initial_values, epoch_length, max_epochs, max_iters
     )
-    job = _Job(len(groups), epoch_length, max_epochs, total_iters)
+    float32 = _check_dtypes(dtypes, groups)
+    job = _Job(len(groups), epoch_length, max_epochs, total_iters, version)
     if isinstance(param_scheduler, Mapping):
         param_scheduler = [param_scheduler]
     if not isinstance(param_scheduler, Sequence) or isinstance(param_scheduler, str | bytes):
@@ -401,7 +487,8 @@ def build_job_spec(
                 f"(groups have {sorted(keys)})",
                 field="param_name" if family_param is None else "type",
                 index=index, scheduler_type=type_name)
-        specs.append(_build_one(index, type_name, kind, param, values, job))
+        built = _build_one(index, type_name, kind, param, values, job)
+        specs.append(dataclasses.replace(built, generic=family_param is None))
         configs.append(dict(cfg))
     scheduled = tuple(dict.fromkeys(s.param for s in specs))
     guard_bounds, jump = _guardrails(bounds, max_jump_factor)
@@ -414,6 +501,8 @@ def build_job_spec(
         schedulers=tuple(specs),
         params=scheduled,
         momentum_via_betas=momentum_via_betas,
+        semantics=version,
+        float32=float32,
         bounds=guard_bounds,
         max_jump_factor=jump,
     )
@@ -441,6 +530,10 @@ def _build_one(
         if job.epoch_length is None:
             raise fail("convert_to_iter_based", "needs the job's epoch_length")
         length = job.epoch_length
+        if end == math.inf:
+            raise fail("end", "inf cannot be converted to iterations (MMEngine crashes with "
+                              "OverflowError in int(end * epoch_length)); omit end or give "
+                              f"{INF} (no end, kept as is)")
         begin = int(begin * length)
         if end != INF:
             end = int(end * length)
@@ -465,12 +558,19 @@ def _build_one(
         rule = ConstantRule(v["factor"], window)
     elif kind == "Linear":
         if v["start_factor"] == 0 and steps >= 2:
+            if not math.isfinite(window):  # inf * 0: MMEngine's value is NaN from then on
+                raise fail("start_factor", "0 with an infinite end makes the value NaN at the "
+                                           "scheduler's second step (inf * 0); MMEngine "
+                                           "would go on with a NaN value")
             raise fail("start_factor", "0 would divide by zero at the scheduler's second step "
                                        "(MMEngine crashes with ZeroDivisionError)")
         rule = LinearRule(v["start_factor"], v["end_factor"], window)
     elif kind == "Exponential":
         rule = ExponentialRule(v["gamma"])
     elif kind == "Step":
+        if v["step_size"] == 0 and steps >= 2:
+            raise fail("step_size", "0 takes a modulo by zero at the window's second step "
+                                    "(MMEngine crashes with ZeroDivisionError)")
         rule = StepRule(v["step_size"], v["gamma"])
     elif kind == "MultiStep":
         rule = MultiStepRule(Counter(v["milestones"]), v["gamma"])
@@ -485,6 +585,8 @@ def _build_one(
         if v["power"] < 0 and whole and 1 <= window <= steps - 1:
             raise fail("power", "a negative power divides by zero at the window's last step "
                                 "(MMEngine crashes with ZeroDivisionError)")
+        if job.semantics >= 2:
+            _poly_stays_real(v["power"], window, steps, fail)
         rule = PolyRule(v["eta_min"], v["power"], window)
     elif kind == "CosineRestart":
         _one_eta_min(v, fail, required=True)
@@ -503,6 +605,21 @@ def _build_one(
     else:
         rule = _plateau(v, job, fail)
     return SchedulerSpec(index, type_name, kind, param, by_epoch, begin, end, rule)
+
+
+def _poly_stays_real(power: Number, window: Number, steps: int, fail: Any) -> None:
+    """Refuse a Poly whose factor ``(1 - 1/(T - k + 1))**power`` turns complex at a step k
+    of the run (a fractional window makes the base negative at ``k = floor(T) + 1``; a
+    non-integer power of it is complex). MMEngine writes the complex number into the param
+    group: an ``lr`` crashes torch's step, any other key silently holds a complex value.
+    paramsched's values are real numbers, so both are refused here, naming ``power``."""
+    if float(power).is_integer() or not math.isfinite(window) or float(window).is_integer():
+        return
+    k = math.floor(window) + 1  # the one step whose base lies in (-inf, 0)
+    if 1 <= k <= steps - 1:
+        raise fail("power", f"{power!r} of the negative base 1 - 1/(T-k+1) at step {k} "
+                            f"(T = end - begin - 1 = {window!r}) is a complex number; MMEngine "
+                            "crashes on it for lr and stores a complex value for other keys")
 
 
 def _one_eta_min(v: dict[str, Any], fail: Any, *, required: bool) -> None:
@@ -550,8 +667,12 @@ def _one_cycle(
     start: float = 0
     for i, phase_end in enumerate(ends):
         earlier = ends[:i]
-        first = max(0, math.floor(max(earlier)) + 1) if earlier else 0
-        last = last_step if i == len(ends) - 1 else min(last_step, math.floor(phase_end))
+        edge = max(earlier) if earlier else -1.0
+        # An infinite total_steps (end=inf) makes the later phases unreachable.
+        first: float = max(0, math.floor(edge) + 1) if math.isfinite(edge) else math.inf
+        last: float = last_step
+        if i < len(ends) - 1 and math.isfinite(phase_end):
+            last = min(last_step, math.floor(phase_end))
         if phase_end - start == 0 and first <= last:
             raise fail("pct_start", f"{pct} makes phase {i + 1} of {total} steps empty, which "
                                     "divides by zero (MMEngine crashes with ZeroDivisionError)")

@@ -62,10 +62,15 @@ class DecisionsChanged(ValueError):
 
 class ScheduleArithmeticError(ConfigError):
     """The schedule's arithmetic fails at some iteration (MMEngine would crash there:
-    a math domain error or an overflow), found while computing values."""
+    a math domain error or an overflow), found while computing values. Names the
+    scheduler (index, type) and the field its failing arithmetic comes from."""
 
-    def __init__(self, iteration: int, exc: BaseException) -> None:
+    def __init__(self, iteration: int, exc: BaseException, *, index: int | None = None,
+                 scheduler_type: str | None = None, field: str = "") -> None:
         self.iteration = iteration
-        super().__init__(
-            f"the schedule's arithmetic fails after iteration {iteration} ({exc}); MMEngine "
-            "would crash there too", field="param_scheduler")
+        reason = (f"the schedule's arithmetic fails after iteration {iteration} "
+                  f"({type(exc).__name__}: {exc}); MMEngine would crash there too")
+        if index is None:
+            super().__init__(reason, field="param_scheduler")
+        else:
+            super().__init__(reason, field=field, index=index, scheduler_type=scheduler_type)

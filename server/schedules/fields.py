@@ -22,13 +22,15 @@ def _describe(value: Any) -> str:
 
 
 def number(*, low: float | None = None, high: float | None = None, low_open: bool = False,
-           high_open: bool = False) -> Check:
-    """A finite int or float (not bool) within optional bounds."""
+           high_open: bool = False, allow_inf: bool = False) -> Check:
+    """A finite int or float (not bool) within optional bounds; ``allow_inf`` admits
+    ``+inf`` too (MMEngine's ``end=float('inf')``), never NaN or ``-inf``."""
 
     def check(value: Any) -> float | int:
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise Invalid(f"must be a number, got {_describe(value)} ({type(value).__name__})")
-        if isinstance(value, float) and not math.isfinite(value):
+        if isinstance(value, float) and not math.isfinite(value) and not (
+                allow_inf and value == math.inf):
             raise Invalid(f"must be a finite number, got {value!r}")
         if low is not None and (value <= low if low_open else value < low):
             raise Invalid(f"must be {'>' if low_open else '>='} {low}, got {value!r}")
@@ -67,9 +69,23 @@ def integer(*, low: int | None = None, nonzero: bool = False) -> Check:
 
 
 def boolean(value: Any) -> bool:
-    if not isinstance(value, bool):
-        raise Invalid(f"must be true or false, got {_describe(value)}")
-    return value
+    """A flag, read by truthiness as MMEngine does (``by_epoch=0`` is False, ``1`` True,
+    ``None`` False). Strings and containers are refused: ``"False"`` would be True."""
+    if value is None:
+        return False
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, int | float) and math.isfinite(value):
+        return bool(value)
+    raise Invalid(f"must be true or false, got {_describe(value)}")
+
+
+def nonzero_number(value: Any) -> float | int:
+    """A finite number other than 0 (a modulo by it must not divide by zero)."""
+    out = number()(value)
+    if out == 0:
+        raise Invalid("must not be 0 (MMEngine would take a modulo by zero)")
+    return out
 
 
 def text(value: Any) -> str:

@@ -20,15 +20,27 @@ the events that follow iterations ``0..t-1``.
 
 from __future__ import annotations
 
-import copy
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from .config import JobSpec
+from .config import JobSpec, SchedulerSpec
 from .errors import DecisionPending, MetricsError, ScheduleArithmeticError
+from .float32 import F32
 from .rules import PlateauRule
+
+#: Adam-style jobs of semantics 2 hold ``betas[0]`` apart from the ``momentum`` key; it is
+#: the value the optimizer uses, so it is what a job hands out as ``momentum``.
+BETA0 = "betas[0]"
+
+#: The field a run-time arithmetic failure is blamed on, per kind.
+MAIN_FIELD = {
+    "Constant": "factor", "Linear": "start_factor", "Exponential": "gamma", "Step": "gamma",
+    "MultiStep": "gamma", "CosineAnnealing": "T_max", "Poly": "power",
+    "CosineRestart": "periods", "OneCycle": "eta_max", "WarmupStableDecay": "min_ratio",
+    "ReduceOnPlateau": "factor",
+}
 
 Metrics = Mapping[str, float]
 Decisions = Mapping[int, Metrics | None]
@@ -54,19 +66,30 @@ class ReplayState:
         )
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        """Plain JSON; values held as float32 tensors are listed under ``float32``."""
+        data = {
             "iteration": self.iteration,
-            "values": copy.deepcopy(self.values),
+            "values": {k: [float(x) for x in v] for k, v in self.values.items()},
             "last_step": list(self.last_step),
             "global_step": list(self.global_step),
             "plateau": {str(k): list(v) for k, v in self.plateau.items()},
         }
+        float32 = {k: [isinstance(x, F32) for x in v] for k, v in self.values.items()
+                   if any(isinstance(x, F32) for x in v)}
+        if float32:
+            data["float32"] = float32
+        return data
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> ReplayState:
+        float32 = data.get("float32") or {}
+        values = {}
+        for k, v in data["values"].items():
+            flags = float32.get(k) or [False] * len(v)
+            values[k] = [F32(x) if f else x for x, f in zip(v, flags, strict=True)]
         return cls(
             int(data["iteration"]),
-            {k: list(v) for k, v in data["values"].items()},
+            values,
             list(data["last_step"]),
             list(data["global_step"]),
             {int(k): list(v) for k, v in data["plateau"].items()},
@@ -82,11 +105,26 @@ class Replayer:
         self.iter_idx = [i for i, s in enumerate(self.scheds) if not s.by_epoch]
         self.epoch_idx = [i for i, s in enumerate(self.scheds) if s.by_epoch]
         self.plateau_idx = [i for i, s in enumerate(self.scheds) if s.is_plateau]
-        self._steppers: list[tuple[Any, Any, str, Any, list[float]]] = []
+        # Semantics 2, Adam-style: the ``momentum`` key and betas[0] are two values; every
+        # step of a Momentum scheduler (inside its window or not) copies the key into
+        # betas[0]; building one first resets the key from betas[0] (MMEngine's mixin).
+        self.split_betas = spec.momentum_via_betas and spec.semantics >= 2
+        self.syncs = [self.split_betas and s.param == "momentum" and not s.generic
+                      for s in self.scheds]
+        self.iter_syncs = any(self.syncs[i] for i in self.iter_idx)
+        self._steppers: list[tuple[Any, Any, str, Any, list[float], bool]] = []
+        self._building = 0
         try:
             self.initial = self._build()
-        except (ArithmeticError, ValueError) as exc:  # building is every scheduler's step 0
-            raise ScheduleArithmeticError(0, exc) from exc
+        except ScheduleArithmeticError:
+            raise
+        except (ArithmeticError, ValueError, TypeError) as exc:  # building = every step 0
+            raise self._failure(0, self.scheds[self._building], exc) from exc
+
+    @staticmethod
+    def _failure(iteration: int, s: SchedulerSpec, exc: BaseException) -> ScheduleArithmeticError:
+        return ScheduleArithmeticError(iteration, exc, index=s.index, scheduler_type=s.type,
+                                       field=MAIN_FIELD.get(s.kind, "type"))
 
     def _build(self) -> ReplayState:
         spec = self.spec
@@ -96,12 +134,21 @@ class Replayer:
                 values[param] = [g["betas"][0] for g in spec.initial_values]
             else:
                 values[param] = [g[param] for g in spec.initial_values]
+        if self.split_betas and "momentum" in values:
+            values[BETA0] = list(values["momentum"])
+        for g, names in enumerate(spec.float32):
+            for name in names:
+                if name in values:
+                    values[name][g] = F32(values[name][g])
         n = len(self.scheds)
         state = ReplayState(0, values, [-1] * n, [-1] * n, {})
         extras: list[dict[str, float]] = [{} for _ in spec.initial_values]
         self.extras = extras  # OneCycle reads the live dicts during building, then final ones
         self.base: list[list[float]] = []
         for i, s in enumerate(self.scheds):
+            self._building = i
+            if self.syncs[i]:
+                values["momentum"] = list(values[BETA0])
             if hasattr(s.rule, "construction_extras"):
                 for group, written in zip(extras, s.rule.construction_extras(), strict=True):
                     group.update(written)
@@ -110,7 +157,8 @@ class Replayer:
                 group.setdefault(key, values[s.param][gi])
             self.base.append([group[key] for group in extras])
             next_values = None if isinstance(s.rule, PlateauRule) else s.rule.next_values
-            self._steppers.append((s.begin, s.end, s.param, next_values, self.base[i]))
+            self._steppers.append(
+                (s.begin, s.end, s.param, next_values, self.base[i], self.syncs[i]))
             if isinstance(s.rule, PlateauRule):
                 state.global_step[i] = 0
                 state.plateau[i] = [s.rule.worst, 0, 0]
@@ -120,13 +168,19 @@ class Replayer:
 
     def _step(self, state: ReplayState, i: int) -> None:
         # The hottest loop of the server: everything it needs is precomputed per scheduler.
-        begin, end, param, next_values, base = self._steppers[i]
+        begin, end, param, next_values, base, sync = self._steppers[i]
         g = state.global_step[i] + 1
         state.global_step[i] = g
         if begin <= g < end and next_values is not None:
             k = state.last_step[i] + 1
             state.last_step[i] = k
-            state.values[param] = next_values(state.values[param], base, self.extras, k)
+            try:
+                new = next_values(state.values[param], base, self.extras, k)
+            except (ArithmeticError, ValueError, TypeError) as exc:
+                raise self._failure(state.iteration, self.scheds[i], exc) from exc
+            state.values[param] = new
+        if sync:
+            state.values[BETA0] = list(state.values["momentum"])
 
     # -- epoch ends and validation decisions ------------------------------------------
     def active_plateaus(self, epoch: int) -> list[int]:
@@ -138,17 +192,29 @@ class Replayer:
             if self.scheds[i].begin <= epoch + 1 < self.scheds[i].end
         ]
 
+    def deciding_plateaus(self, epoch: int) -> list[int]:
+        """Plateau schedulers whose step after ``epoch``'s validation changes values: the
+        active ones, and (semantics 2, Adam-style) every ReduceOnPlateauMomentum, whose
+        ``step(metrics)`` copies the ``momentum`` key into betas[0] even outside its
+        window, so the values depend on whether the epoch was validated."""
+        active = self.active_plateaus(epoch)
+        if not self.split_betas:
+            return active
+        return [i for i in self.plateau_idx if i in active or self.syncs[i]]
+
     def check_metrics(self, epoch: int, metrics: Metrics | None) -> None:
         """Raise MetricsError if ``metrics`` cannot serve as ``epoch``'s decision."""
         if metrics is None:
             return
         if not isinstance(metrics, Mapping):
             raise MetricsError("must be a mapping of metric name to number")
+        # NaN and +-inf are metrics like any other (a diverged validation loss): NaN is
+        # never better than the best, as in MMEngine's comparisons.
         for name, value in metrics.items():
             if not isinstance(name, str) or isinstance(value, bool) or not isinstance(
                 value, int | float
-            ) or value != value or value in (float("inf"), float("-inf")):
-                raise MetricsError(f"{name!r} must be a finite number, got {value!r}",
+            ):
+                raise MetricsError(f"{name!r} must be a number, got {value!r}",
                                    field=f"metrics.{name}")
         for i in self.active_plateaus(epoch):
             rule = self.scheds[i].rule
@@ -165,10 +231,7 @@ class Replayer:
         Arithmetic that fails (a math domain error, an overflow in ``**``) raises
         ScheduleArithmeticError: MMEngine would crash at that step too.
         """
-        try:
-            self._advance(state, stop, decisions)
-        except (ArithmeticError, ValueError) as exc:
-            raise ScheduleArithmeticError(state.iteration, exc) from exc
+        self._advance(state, stop, decisions)
 
     def _advance(self, state: ReplayState, stop: int, decisions: Decisions) -> None:
         length = self.spec.epoch_length or 0
@@ -186,12 +249,14 @@ class Replayer:
                 if quiet:
                     for j in iter_idx:
                         state.global_step[j] += quiet
+                    if self.iter_syncs:  # the first quiet step copies momentum to betas[0]
+                        state.values[BETA0] = list(state.values["momentum"])
                     state.iteration += quiet
                     continue
             metrics: Metrics | None = None
             if ends_epoch and epoch_based:
                 epoch = (i + 1) // length - 1
-                if self.plateau_idx and self.active_plateaus(epoch):
+                if self.plateau_idx and self.deciding_plateaus(epoch):
                     if epoch not in decisions:
                         raise DecisionPending(epoch, i + 1)
                     metrics = decisions[epoch]
@@ -225,14 +290,23 @@ class Replayer:
             s = self.scheds[i]
             rule = s.rule
             assert isinstance(rule, PlateauRule)
-            if not s.begin <= state.global_step[i] < s.end:
-                continue
-            state.last_step[i] += 1
-            reduced = rule.decide(state.values[s.param], state.plateau[i], metrics[rule.monitor])
-            if reduced is not None:
-                state.values[s.param] = reduced
+            if s.begin <= state.global_step[i] < s.end:
+                state.last_step[i] += 1
+                try:
+                    reduced = rule.decide(state.values[s.param], state.plateau[i],
+                                          metrics[rule.monitor])
+                except (ArithmeticError, ValueError, TypeError) as exc:
+                    raise self._failure(state.iteration, s, exc) from exc
+                if reduced is not None:
+                    state.values[s.param] = reduced
+            if self.syncs[i]:
+                state.values[BETA0] = list(state.values["momentum"])
 
     def group_values(self, state: ReplayState) -> list[dict[str, float]]:
         """The scheduled values per param group, as plain floats."""
         groups = len(self.spec.initial_values)
-        return [{p: float(v[g]) for p, v in state.values.items()} for g in range(groups)]
+        values = state.values
+        if self.split_betas:  # the optimizer uses betas[0]; the key is MMEngine's scratch
+            values = {p: values[BETA0] if p == "momentum" else values[p]
+                      for p in self.spec.params}
+        return [{p: float(v[g]) for p, v in values.items()} for g in range(groups)]

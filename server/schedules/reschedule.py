@@ -304,7 +304,8 @@ def build_override(
         sub = build_job_spec(
             configs, initial, epoch_length=length,
             max_epochs=-(-remaining // length) if spec.epoch_based and length else None,
-            max_iters=None if spec.epoch_based and length else remaining)
+            max_iters=None if spec.epoch_based and length else remaining,
+            semantics=spec.semantics)  # a change computes with its job's version
     except ConfigError as exc:
         raise ConfigError(exc.reason, field=exc.field.removeprefix(f"param_scheduler[{exc.index}].")
                           if exc.index is not None else exc.field,

@@ -162,6 +162,8 @@ class PolyRule(Rule):
         if k == 0:
             return list(current)
         factor = (1 - 1 / (self.total_iters - k + 1)) ** self.power
+        if isinstance(factor, complex):  # refused up front since semantics 2
+            raise ArithmeticError(f"the factor at step {k} is the complex number {factor}")
         return [(v - self.eta_min) * factor + self.eta_min for v in current]
 
 

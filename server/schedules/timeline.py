@@ -25,6 +25,16 @@ from .replay import Decisions, Metrics, Replayer, ReplayState
 GroupValues = list[dict[str, float]]
 
 
+def same_decision(a: Metrics | None, b: Metrics | None) -> bool:
+    """Equal decisions, where a NaN metric equals a NaN (a decision read again from the
+    store is a new NaN object, and ``nan != nan``)."""
+    if a is None or b is None:
+        return a is b
+    if a.keys() != b.keys():
+        return False
+    return all(x == y or (x != x and y != y) for x, y in ((a[k], b[k]) for k in a))
+
+
 class Timeline:
     """The values of every scheduled param of every group at every iteration of a job."""
 
@@ -58,7 +68,7 @@ class Timeline:
 
     def _check_decisions(self, decisions: Decisions) -> None:
         for epoch, used in self._used.items():
-            if epoch in decisions and decisions[epoch] != used:
+            if epoch in decisions and not same_decision(decisions[epoch], used):
                 raise DecisionsChanged(f"the decision for epoch {epoch} differs from the one "
                                  "these values were computed with")
 
@@ -67,7 +77,7 @@ class Timeline:
         if not self.replayer.plateau_idx or not self.spec.epoch_based or not length:
             return
         for epoch in range(start // length, state.iteration // length):
-            if epoch in decisions and self.replayer.active_plateaus(epoch):
+            if epoch in decisions and self.replayer.deciding_plateaus(epoch):
                 self._used.setdefault(epoch, decisions[epoch])
 
     def state_at(self, t: int, decisions: Decisions | None = None) -> ReplayState:
@@ -158,7 +168,7 @@ class Timeline:
 
     def needs_decision(self, epoch: int) -> bool:
         """Whether values after ``epoch``'s end depend on its validation metrics."""
-        return bool(self.replayer.plateau_idx) and bool(self.replayer.active_plateaus(epoch))
+        return bool(self.replayer.plateau_idx) and bool(self.replayer.deciding_plateaus(epoch))
 
     def check_metrics(self, epoch: int, metrics: Metrics | None) -> None:
         """Raise MetricsError if ``metrics`` lack what ``epoch``'s plateau check needs."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from ..errors import FailedPrecondition, InvalidArgument
+from ..errors import InvalidArgument
 from ..schedules import (
     GroupValues,
     JobSpec,
@@ -50,11 +50,11 @@ def check_guardrails(spec: JobSpec, after: Schedule, override: Any, result: Resc
                 low, high = sorted((abs(old_value), abs(new_value)))
                 jump = math.inf if low == 0 and high > 0 else (high / low if low else 1.0)
                 if jump > spec.max_jump_factor:
-                    raise FailedPrecondition(
+                    raise InvalidArgument(
                         f"the change moves {p} of group {g} from {old_value!r} to "
                         f"{new_value!r} at iteration {override.start}, a jump of "
                         f"{jump:.3g}x beyond max_jump_factor={spec.max_jump_factor}; "
-                        "repeat with force to apply it")
+                        "repeat with force to apply it", field="force")
 
 def check_bounds(spec: JobSpec, after: Schedule, override: Any, decisions: Any) -> None:
     bounds = {p: (lo, hi) for p, lo, hi in spec.bounds}

@@ -14,14 +14,24 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import math
+import secrets
 import time
 from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from typing import Any
 
 from ..auth import current_principal
-from ..errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound, Unavailable
+from ..errors import (
+    Aborted,
+    AlreadyExists,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    OutOfRange,
+    PermissionDenied,
+    Unavailable,
+)
 from ..schedules import (
     ConfigError,
     DecisionsChanged,
@@ -33,31 +43,61 @@ from ..schedules import (
 from ..schedules.reschedule import Schedule, build_override, resolved
 from ..store import (
     ChangeConflict,
+    IncarnationMismatch,
     JobNotFound,
     JobRecord,
     JobStore,
+    RankOutOfRange,
     StaleGeneration,
     StoreUnavailable,
     TooEarly,
-    canonical_json,
+    WorldSizeConflict,
     content_hash,
 )
 from ..store.base import JsonObjects
 from .changes import check_guardrails, compare
+from .checkpoints import (
+    ACTION_PATTERN,
+    RUN_ID_PATTERN,
+    CheckpointState,
+    build_state,
+    check_change_data,
+    parse_state,
+)
 from .inputs import (
-    STATE_FORMAT,
     Limits,
     check_job_id,
-    checked_changes,
     config_error,
-    parse_decisions,
     parse_spec,
-    parse_state,
     spec_difference,
 )
-from .views import JobView, LoadedJob, NoEvents, Plan, RescheduleResult, ServiceEvents, plan_of
+from .signing import StateKeys
+from .views import (
+    Attachment,
+    JobView,
+    LoadedJob,
+    NoEvents,
+    Plan,
+    RescheduleResult,
+    ServiceEvents,
+    plan_of,
+)
 
 log = logging.getLogger("paramsched.jobs")
+
+
+def new_incarnation() -> str:
+    """A job incarnation: random, so a job created again under an old id never shares it."""
+    return secrets.token_hex(8)
+
+
+@contextmanager
+def store_errors() -> Iterator[None]:
+    """The store is down or overloaded: UNAVAILABLE (clients retry with backoff)."""
+    try:
+        yield
+    except StoreUnavailable as exc:
+        raise Unavailable(f"job store unavailable: {exc}") from None
 
 
 class SchedulerService:
@@ -73,8 +113,13 @@ class SchedulerService:
         max_preview_iterations: int = 1_000_000,
         limits: Limits | None = None,
         events: ServiceEvents | None = None,
+        state_keys: StateKeys | None = None,
+        auth_enabled: bool = False,
     ) -> None:
         self.store = store
+        # Checkpoint states are signed with these; with auth on, only signed ones load.
+        self.state_keys = state_keys
+        self.auth_enabled = auth_enabled
         self.limits = limits or Limits()
         self.events: ServiceEvents = events or NoEvents()
         self.default_plan_size = default_plan_size
@@ -101,6 +146,7 @@ class SchedulerService:
         entry = self._jobs.get(record.job_id)
         if (
             entry is None
+            or entry.incarnation != record.incarnation
             or entry.spec_hash != record.spec_hash
             or entry.generation != record.generation
             or entry.num_changes != record.num_changes
@@ -109,7 +155,8 @@ class SchedulerService:
             if record.overrides is None:  # a reply that left out changes we should hold
                 raise AssertionError("record without its changes for an uncached schedule")
             overrides = list(record.overrides)
-            entry = LoadedJob(record.spec_hash, record.generation, record.num_changes, spec,
+            entry = LoadedJob(record.incarnation, record.spec_hash, record.generation,
+                              record.num_changes, spec,
                             self._schedule(spec, overrides, record), overrides)
             self._jobs[record.job_id] = entry
             if len(self._jobs) > self.cache_size:
@@ -131,10 +178,8 @@ class SchedulerService:
 
     # -- store access with error mapping ------------------------------------------
     async def _get_record(self, job_id: str) -> JobRecord:
-        try:
+        with store_errors():
             record = await self.store.get(job_id)
-        except StoreUnavailable as exc:
-            raise Unavailable(f"job store unavailable: {exc}") from None
         if record is None:
             raise NotFound(f"job {job_id!r} does not exist")
         return record
@@ -165,7 +210,8 @@ class SchedulerService:
                     return self._values(entry, record, start, stop)
 
             values = await asyncio.to_thread(compute)
-        return plan_of(entry.spec, entry.schedule, start, stop, values, record.generation)
+        return plan_of(entry.spec, entry.schedule, start, stop, values, record.generation,
+                       record.incarnation)
 
     def _values(self, entry: LoadedJob, record: JobRecord, start: int,
                 stop: int) -> list[GroupValues]:
@@ -189,13 +235,20 @@ class SchedulerService:
         world_size: int = 0,
         rank: int = 0,
         plan_size: int = 0,
-    ) -> tuple[JobView, bool, Plan]:
-        """Create the job from ``spec_data``, or join it (``spec_data=None``)."""
+        run_id: str = "",
+        start_over: bool = False,
+    ) -> Attachment:
+        """Create the job from ``spec_data``, or join it (``spec_data=None``), as a rank
+        of run ``run_id``.
+
+        A generation belongs to one run. A rank of the job's run joins it; another run
+        takes the job over in a new generation when it has no progress yet, and else
+        gets ``resume_required`` (and nothing is recorded): it must load a checkpoint,
+        start over (``start_over``, a new generation from iteration 0, audited) or use
+        another job id.
+        """
         check_job_id(job_id)
-        if world_size < 0:
-            raise InvalidArgument(f"must be >= 0, got {world_size}", field="world_size")
-        if rank < 0 or (world_size and rank >= world_size):
-            raise InvalidArgument(f"rank {rank} is outside world_size {world_size}", field="rank")
+        self._check_run(run_id, world_size, rank)
         size = self._plan_size(plan_size)
         created = False
         if spec_data is None:
@@ -209,37 +262,92 @@ class SchedulerService:
             canonical = spec.to_dict()
             spec_hash = content_hash(canonical)
             fresh = JobRecord(job_id, canonical, spec_hash, world_size=world_size,
-                              created_at=time.time())
-            try:
+                              created_at=time.time(), incarnation=new_incarnation(),
+                              run_id=run_id)
+            with store_errors():
                 record, created = await self.store.create(fresh)
-            except StoreUnavailable as exc:
-                raise Unavailable(f"job store unavailable: {exc}") from None
+            if not created and record.spec_hash != spec_hash and record.spec is not None:
+                # A job keeps the engine semantics it was created with: the same config
+                # attached on a newer server is the same job, computed with its version.
+                kept = record.spec.get("semantics", 1)
+                if kept != canonical.get("semantics", 1):
+                    spec = parse_spec({**spec_data, "semantics": kept}, limits=self.limits)
+                    canonical, spec_hash = spec.to_dict(), content_hash(spec.to_dict())
             if not created and record.spec_hash != spec_hash:
                 assert record.spec is not None
                 diff = "; ".join(spec_difference(record.spec, canonical)) or "specs differ"
-                raise AlreadyExists(f"job {job_id!r} exists with a different spec: {diff}")
+                raise AlreadyExists(
+                    f"job {job_id!r} exists with a different spec: {diff}. Attach with the "
+                    "job's config, use another job id, or delete the job first "
+                    f"(paramsched jobs delete {job_id})")
             self._specs.setdefault(spec_hash, spec)
             if created:
                 log.info("job created", extra=self._event("created", job_id, rank, 1))
         entry = self._loaded(record)
+        issue = min(size, entry.schedule.max_iters + 1)
         # The plan from iteration 0 is handed out too: record it, so no change can alter
         # it (and the rank shows up in the job's progress).
-        try:
-            record = await self.store.report(
-                job_id, generation=record.generation, rank=rank, iteration=0,
-                issue_until=min(size, entry.schedule.max_iters + 1),
-                known_spec_hash=entry.spec_hash, known_changes=entry.num_changes)
-        except StoreUnavailable as exc:
-            raise Unavailable(f"job store unavailable: {exc}") from None
-        except (JobNotFound, StaleGeneration) as exc:  # deleted or resumed just now
-            raise FailedPrecondition(f"job {job_id!r} changed while attaching ({exc}); "
-                                     "attach again") from None
-        if record.overrides is not None or record.spec is None:
-            record.spec = entry.spec.to_dict()
-            entry = self._loaded(record)
+        if start_over:
+            record = await self._start_over(record, run_id, world_size, rank, issue)
+        else:
+            run_entry = self._audit_entry("run", 0, record.generation + 1, details={
+                "run_id": run_id, "world_size": world_size, "previous_run_id": record.run_id,
+                "previous_world_size": record.world_size})
+            with store_errors():
+                try:
+                    record, outcome = await self.store.join(
+                        job_id, run_id=run_id, world_size=world_size, rank=rank,
+                        issue_until=issue, audit_entry=run_entry)
+                except JobNotFound:
+                    raise Aborted(f"job {job_id!r} was deleted while attaching; attach "
+                                  "again") from None
+                except WorldSizeConflict as exc:
+                    raise InvalidArgument(str(exc), field="world_size") from None
+                except RankOutOfRange as exc:
+                    raise InvalidArgument(str(exc), field="rank") from None
+            if outcome == "resume_required":
+                view = JobView.of(record, self._loaded(record))
+                empty = Plan(0, view.params, view.spec.num_groups, [], record.generation,
+                             None, view.max_iters, record.incarnation)
+                return Attachment(view, created, empty, resume_required=True)
+            if outcome == "new_run":
+                log.info("job taken over by a new run",
+                         extra=self._event("new_run", job_id, rank, record.generation))
+        entry = self._loaded(record)
         plan = await self._plan(entry, record, 0, size)
         self.events.plan_issued(job_id, len(plan.values))
-        return JobView.of(record, entry), created, plan
+        return Attachment(JobView.of(record, entry), created, plan)
+
+    def _check_run(self, run_id: str, world_size: int, rank: int) -> None:
+        if not isinstance(run_id, str) or not RUN_ID_PATTERN.fullmatch(run_id):
+            raise InvalidArgument("must be at most 128 letters, digits, '.', '_', ':' or '-'",
+                                  field="run_id")
+        limit = self.limits.max_world_size
+        if not 0 <= world_size <= limit:
+            raise InvalidArgument(f"must be in [0, {limit}], got {world_size}",
+                                  field="world_size")
+        if rank < 0 or rank >= (world_size or limit):
+            raise InvalidArgument(f"rank {rank} is outside world_size {world_size}", field="rank")
+
+    async def _start_over(self, record: JobRecord, run_id: str, world_size: int, rank: int,
+                          issue: int) -> JobRecord:
+        """A new generation of the job from iteration 0 for run ``run_id`` (its ranks
+        share it): progress, decisions and changes are gone, the audit trail says so."""
+        assert record.spec is not None
+        entry = self._audit_entry("start_over", 0, record.generation + 1, details={
+            "run_id": run_id, "world_size": world_size,
+            "previous_generation": record.generation, "previous_run_id": record.run_id})
+        with store_errors():
+            record, restarted = await self.store.load_state(
+                record.job_id, spec=record.spec, spec_hash=record.spec_hash, decisions={},
+                progress={rank: 0}, min_generation=1, state_hash=f"start-over:{run_id}",
+                world_size=world_size, created_at=time.time(), overrides=[],
+                audit_entry=entry, issue_until=issue, run_id=run_id,
+                incarnation=new_incarnation())
+        if restarted:
+            log.info("job started over", extra=self._event("started_over", record.job_id, rank,
+                                                           record.generation))
+        return record
 
     @staticmethod
     def _event(event: str, job_id: str, rank: int | None, generation: int) -> dict[str, Any]:
@@ -262,10 +370,8 @@ class SchedulerService:
         after, exhausted = page_token, False
         # A job-scoped caller sees only its jobs: read on until the page is full.
         while len(visible) <= limit and not exhausted:
-            try:
+            with store_errors():
                 records = await self.store.list(prefix, after, limit + 1)
-            except StoreUnavailable as exc:
-                raise Unavailable(f"job store unavailable: {exc}") from None
             exhausted = len(records) <= limit
             if records:
                 after = records[-1].job_id
@@ -287,10 +393,8 @@ class SchedulerService:
     async def delete(self, job_id: str) -> bool:
         check_job_id(job_id)
         entry = self._audit_entry("delete", 0, 0)
-        try:
+        with store_errors():
             deleted = await self.store.delete(job_id, entry)
-        except StoreUnavailable as exc:
-            raise Unavailable(f"job store unavailable: {exc}") from None
         self._forget(job_id)
         if deleted:
             log.info("job deleted", extra=self._event("deleted", job_id, None, 0))
@@ -307,50 +411,68 @@ class SchedulerService:
         epoch_end: int | None = None,
         metrics: Mapping[str, float] | None = None,
         plan_size: int = 0,
+        incarnation: str = "",
     ) -> Plan:
         """Record a rank's progress (and an epoch's decision); return its next plan.
 
         ``metrics=None`` with ``epoch_end`` set means no validation ran after that epoch.
+        ``incarnation`` (the job's, as the rank knows it; empty: not checked) fences a
+        rank of a job that was deleted and created again, or lost by the store.
         """
         check_job_id(job_id)
-        if rank < 0:
-            raise InvalidArgument(f"must be >= 0, got {rank}", field="rank")
+        if not 0 <= rank < self.limits.max_world_size:
+            raise InvalidArgument(f"must be in [0, {self.limits.max_world_size}), got {rank}",
+                                  field="rank")
         if iteration < 0:
             raise InvalidArgument(f"must be >= 0, got {iteration}", field="iteration")
         if generation < 1:
             raise InvalidArgument(f"must be >= 1, got {generation}", field="generation")
         size = self._plan_size(plan_size)
         entry = self._jobs.get(job_id)
-        if entry is None or entry.generation != generation:
-            record = await self._get_record(job_id)
-            if record.generation != generation:
-                self._fenced(job_id, rank, generation)
-                raise FailedPrecondition(str(StaleGeneration(job_id, generation,
-                                                             record.generation)))
+        if entry is None or entry.generation != generation or (
+                incarnation and entry.incarnation != incarnation):
+            try:
+                record = await self._get_record(job_id)
+            except NotFound:
+                if incarnation:
+                    raise self._lost(job_id, rank, incarnation) from None
+                raise
+            self._check_fence(record, rank, generation, incarnation)
             entry = self._loaded(record)
         if iteration > entry.schedule.max_iters:
             raise InvalidArgument(
                 f"iteration {iteration} is past the end of training "
                 f"({entry.schedule.max_iters})", field="iteration")
         decision = self._decision(entry, iteration, epoch_end, metrics)
-        try:
-            record = await self.store.report(
-                job_id, generation=generation, rank=rank, iteration=iteration,
-                decision=decision,
-                issue_until=min(iteration + size, entry.schedule.max_iters + 1),
-                known_spec_hash=entry.spec_hash, known_changes=entry.num_changes)
-        except StoreUnavailable as exc:
-            raise Unavailable(f"job store unavailable: {exc}") from None
-        except JobNotFound:
-            self._forget(job_id)
-            raise NotFound(f"job {job_id!r} does not exist") from None
-        except StaleGeneration as exc:
-            self._forget(job_id)
-            self._fenced(job_id, rank, generation)
-            raise FailedPrecondition(str(exc)) from None
+        with store_errors():
+            try:
+                record = await self.store.report(
+                    job_id, generation=generation, rank=rank, iteration=iteration,
+                    decision=decision,
+                    issue_until=min(iteration + size, entry.schedule.max_iters + 1),
+                    known_spec_hash=entry.spec_hash, known_changes=entry.num_changes,
+                    incarnation=entry.incarnation)
+            except JobNotFound:
+                self._forget(job_id)
+                if incarnation:
+                    raise self._lost(job_id, rank, incarnation) from None
+                raise NotFound(f"job {job_id!r} does not exist") from None
+            except IncarnationMismatch as exc:
+                self._forget(job_id)
+                if incarnation:
+                    self._fenced(job_id, rank, generation, "incarnation")
+                    raise FailedPrecondition(f"{exc}; stop this rank", reason="incarnation") \
+                        from None
+                raise Aborted(f"{exc} meanwhile; report again") from None
+            except StaleGeneration as exc:
+                self._forget(job_id)
+                self._fenced(job_id, rank, generation, "generation")
+                raise FailedPrecondition(str(exc)) from None
+            except RankOutOfRange as exc:
+                raise InvalidArgument(str(exc), field="rank") from None
         if record.overrides is not None or (
                 record.spec is not None and record.spec_hash != entry.spec_hash):
-            # A change came in, or the job was deleted and recreated meanwhile.
+            # A change came in meanwhile.
             if record.spec is None:
                 record.spec = entry.spec.to_dict()
             entry = self._loaded(record)
@@ -359,9 +481,29 @@ class SchedulerService:
         self.events.plan_issued(job_id, len(plan.values))
         return plan
 
-    def _fenced(self, job_id: str, rank: int, generation: int) -> None:
+    def _check_fence(self, record: JobRecord, rank: int, generation: int,
+                     incarnation: str) -> None:
+        """Refuse (FAILED_PRECONDITION) a rank of another incarnation or generation."""
+        if incarnation and record.incarnation != incarnation:
+            self._fenced(record.job_id, rank, generation, "incarnation")
+            raise FailedPrecondition(
+                f"{IncarnationMismatch(record.job_id, incarnation, record.incarnation)}; "
+                "stop this rank", reason="incarnation")
+        if record.generation != generation:
+            self._fenced(record.job_id, rank, generation, "generation")
+            raise FailedPrecondition(str(StaleGeneration(record.job_id, generation,
+                                                         record.generation)))
+
+    def _lost(self, job_id: str, rank: int, incarnation: str) -> FailedPrecondition:
+        self._fenced(job_id, rank, 0, "lost")
+        return FailedPrecondition(
+            f"job {job_id!r} (incarnation {incarnation!r}) is gone from the job store: it was "
+            "deleted, or the store lost its data; stop this rank and resume from a checkpoint "
+            "(handle.load_state_dict) or start a new job", reason="lost")
+
+    def _fenced(self, job_id: str, rank: int, generation: int, why: str) -> None:
         self.events.report_fenced(job_id)
-        log.warning("report refused: stale generation",
+        log.warning("report refused: this rank is fenced (%s)", why,
                     extra=self._event("fenced", job_id, rank, generation))
 
     def _decision(
@@ -386,10 +528,12 @@ class SchedulerService:
                 f"{spec.epoch_length} iterations long",
                 field="epoch_end")
         if metrics is not None:
+            # NaN and infinities are valid metrics (a diverged validation loss must not
+            # crash training): ReduceOnPlateau counts them as no improvement, as MMEngine.
             self.limits.check_metrics(metrics, "metrics")
             for name, value in metrics.items():
-                if not isinstance(value, int | float) or not math.isfinite(value):
-                    raise InvalidArgument(f"must be a finite number, got {value!r}",
+                if isinstance(value, bool) or not isinstance(value, int | float):
+                    raise InvalidArgument(f"must be a number, got {value!r}",
                                           field=f"metrics.{name}")
         if not entry.schedule.needs_decision(epoch_end):
             return None
@@ -453,82 +597,138 @@ class SchedulerService:
         return plan_of(spec, schedule, start, stop, values, 0)
 
     # -- checkpoints ------------------------------------------------------------------
-    async def get_state(self, job_id: str, iteration: int, *, generation: int = 0) -> str:
-        """The schedule state at ``iteration`` (iterations done) as canonical JSON.
+    async def get_state(self, job_id: str, iteration: int, *, generation: int = 0,
+                        incarnation: str = "") -> str:
+        """The schedule state at ``iteration`` (iterations done): a signed v2 state.
 
-        With ``generation`` (the caller's), a caller from an older generation is refused:
-        its checkpoint would carry the new generation's decisions as if they were its own.
+        With ``generation``/``incarnation`` (the caller's), a fenced caller is refused:
+        its checkpoint would carry another generation's decisions as if they were its own.
         """
         check_job_id(job_id)
         record = await self._get_record(job_id)
-        if generation and generation != record.generation:
-            raise FailedPrecondition(str(StaleGeneration(job_id, generation, record.generation)))
+        if generation or incarnation:
+            self._check_fence(record, 0, generation or record.generation, incarnation)
         entry = self._loaded(record)
         spec = entry.spec
         if not 0 <= iteration <= entry.schedule.max_iters:
             raise InvalidArgument(
                 f"must be in [0, {entry.schedule.max_iters}], got {iteration}",
                 field="iteration")
-        try:
+        with store_errors():
             audit = await self.store.audit(job_id)
-        except StoreUnavailable as exc:
-            raise Unavailable(f"job store unavailable: {exc}") from None
         length = spec.epoch_length or 0
         done_epochs = iteration // length if spec.epoch_based and length else 0
         decisions = {str(e): m for e, m in sorted(record.decisions.items()) if e < done_epochs}
-        state = {
-            "format": STATE_FORMAT,
+        payload = {
             "job_id": job_id,
+            "incarnation": record.incarnation,
             "generation": record.generation,
             "iteration": iteration,
             "spec": record.spec,
             "decisions": decisions,
-            "overrides": entry.overrides,
+            "changes": entry.overrides,
             "audit": audit,
+            "run_id": record.run_id,
+            "saved_at": time.time(),
         }
-        return canonical_json(state)
+        return build_state(payload, self.state_keys)
 
     async def load_state(
-        self, job_id: str, state_json: str, *, plan_size: int = 0, world_size: int = 0
+        self,
+        job_id: str,
+        state_json: str,
+        *,
+        plan_size: int = 0,
+        world_size: int = 0,
+        rank: int = 0,
+        run_id: str = "",
+        fork: bool = False,
+        allow_unsigned: bool = False,
     ) -> tuple[JobView, Plan, bool]:
-        """Resume ``job_id`` from a checkpoint state (into an empty store too)."""
+        """Resume ``job_id`` from a checkpoint state (into an empty store too).
+
+        Ranks of one run loading one checkpoint share one new generation; another run
+        loading it again gets another one (fencing the first). The state is validated
+        completely first; see ``_trust`` for which states are taken as the service's own.
+        """
         check_job_id(job_id)
+        self._check_run(run_id, world_size, rank)
         size = self._plan_size(plan_size)
-        state = parse_state(state_json)
-        spec = parse_spec(state["spec"], prefix="state.spec", limits=self.limits)
-        canonical = spec.to_dict()
-        decisions = parse_decisions(state["decisions"], spec)
-        overrides = state.get("overrides") or []
-        schedule = checked_changes(spec, overrides, decisions)
-        iteration = state["iteration"]
-        if not isinstance(iteration, int) or not 0 <= iteration <= schedule.max_iters:
-            raise InvalidArgument(f"must be an integer in [0, {schedule.max_iters}]",
-                                  field="state.iteration")
-        generation = state["generation"]
-        if not isinstance(generation, int) or generation < 1:
-            raise InvalidArgument("must be an integer >= 1", field="state.generation")
-        trail = state.get("audit") or []
-        if not isinstance(trail, list) or not all(isinstance(e, dict) for e in trail):
-            raise InvalidArgument("must be a list of objects", field="state.audit")
-        entry_data = self._audit_entry("resume", iteration, generation,
-                                       details={"checkpoint_generation": generation})
-        try:
+        state = parse_state(state_json, keys=self.state_keys, limits=self.limits)
+        restore_audit = self._trust(job_id, state, fork=fork, allow_unsigned=allow_unsigned)
+        schedule = state.schedule
+        details: dict[str, Any] = {
+            "checkpoint_generation": state.generation,
+            "checkpoint_iteration": state.iteration,
+            "signature": state.signature_state,
+            "run_id": run_id,
+            "world_size": world_size,
+        }
+        if fork:
+            details["forked_from"] = state.job_id
+        if allow_unsigned and not state.signed:
+            details["allow_unsigned"] = True
+        entry_data = self._audit_entry("resume", state.iteration, state.generation + 1,
+                                       details=details)
+        canonical = state.spec.to_dict()
+        with store_errors():
             record, resumed = await self.store.load_state(
                 job_id, spec=canonical, spec_hash=content_hash(canonical),
-                decisions=decisions, progress={}, min_generation=generation + 1,
-                state_hash=content_hash(state), world_size=world_size,
-                created_at=time.time(), overrides=overrides, audit_entries=trail,
+                decisions=state.decisions, progress={}, min_generation=state.generation + 1,
+                state_hash=f"{state.digest}:{run_id}", world_size=world_size,
+                created_at=time.time(), overrides=state.changes,
+                audit_entries=state.audit if restore_audit else [],
                 audit_entry=entry_data,
-                issue_until=min(iteration + size, schedule.max_iters + 1))
-        except StoreUnavailable as exc:
-            raise Unavailable(f"job store unavailable: {exc}") from None
+                issue_until=min(state.iteration + size, schedule.max_iters + 1),
+                run_id=run_id, incarnation=new_incarnation())
         entry = self._loaded(record)
-        plan = await self._plan(entry, record, iteration, iteration + size)
+        plan = await self._plan(entry, record, state.iteration, state.iteration + size)
         if resumed:
-            log.info("job resumed from a checkpoint at iteration %d", iteration,
+            log.info("job resumed from a checkpoint at iteration %d", state.iteration,
                      extra=self._event("resumed", job_id, None, record.generation))
         self.events.plan_issued(job_id, len(plan.values))
         return JobView.of(record, entry), plan, resumed
+
+    def _trust(self, job_id: str, state: CheckpointState, *, fork: bool,
+               allow_unsigned: bool) -> bool:
+        """Refuse a state the caller may not load; return whether its audit trail may be
+        restored (only what this service wrote: a signed state, or any state without
+        auth, where every caller is trusted alike).
+
+        With auth on, only states this service signed load, except that an admin may
+        load another one with ``allow_unsigned`` (audited). A signature that does not
+        verify is refused even without auth: the state was edited. A state of another
+        job needs ``fork``.
+        """
+        principal = current_principal.get()
+        if allow_unsigned and not principal.admin:
+            raise PermissionDenied("allow_unsigned is for admin tokens only")
+        problem = {
+            "invalid": "its signature does not verify: the state was edited after the "
+                       "service saved it",
+            "unknown key": "it is signed with a key this server does not have; keep the old "
+                           "key in --state-key-file (after the new one) while its "
+                           "checkpoints are in use",
+            "unsigned": "it is not signed by this service (saved by a server without "
+                        "--state-key-file, or by a version before signed checkpoints)",
+        }.get(state.signature_state)
+        refuse = problem is not None and (self.auth_enabled or state.signature_state == "invalid")
+        if refuse and not allow_unsigned:
+            raise InvalidArgument(
+                f"this checkpoint cannot be loaded: {problem}. Save a new checkpoint with "
+                "handle.state_dict() from a current server, or have an admin load it once "
+                "with allow_unsigned (audited)", field="state.signature")
+        if state.job_id and state.job_id != job_id:
+            if not fork:
+                raise InvalidArgument(
+                    f"this checkpoint is of job {state.job_id!r}, not {job_id!r}; to start "
+                    f"{job_id!r} from it, load it with load_state_dict(state, fork=True)",
+                    field="state.job_id")
+            if not principal.may_access(state.job_id):
+                raise PermissionDenied(
+                    f"forking needs access to the checkpoint's job {state.job_id!r}")
+            return False  # another job's trail is not this job's history
+        return state.signed or not self.auth_enabled
 
     def _audit_entry(self, action: str, iteration: int, generation: int, *,
                      details: Any = None, reason: str = "",
@@ -563,6 +763,12 @@ class SchedulerService:
         check_job_id(job_id)
         if not 0 < preview <= 100_000:
             raise InvalidArgument("must be in [1, 100000]", field="preview_iterations")
+        if not ACTION_PATTERN.fullmatch(action or "reschedule"):
+            raise InvalidArgument("must be a lowercase label of up to 32 letters, digits, '_' "
+                                  f"or '-', got {action!r}", field="action")
+        if not isinstance(reason, str) or len(reason) > 4096:
+            raise InvalidArgument("must be at most 4096 characters", field="reason")
+        change = check_change_data(change, "change", self.limits)
         for _attempt in range(5):
             record = await self._get_record(job_id)
             entry = self._loaded(record)
@@ -572,10 +778,11 @@ class SchedulerService:
                 data["from_iteration"] = earliest
             start = data["from_iteration"]
             if isinstance(start, int) and start < earliest:
-                raise FailedPrecondition(
+                raise OutOfRange(
                     f"job {job_id!r}: iteration {start} is too early; values up to iteration "
                     f"{earliest - 1} were already handed out to ranks, so the earliest "
-                    f"iteration a change can take effect is {earliest}")
+                    f"iteration a change can take effect is {earliest}",
+                    field="from_iteration")
             # Building the change, comparing and checking bounds may replay far: off the
             # event loop, under the schedule's lock (the new schedule shares its timelines).
             def build(entry: LoadedJob = entry, record: JobRecord = record,
@@ -604,36 +811,31 @@ class SchedulerService:
             if dry_run:
                 return result
             try:
-                record = await self.store.reschedule(
-                    job_id, generation=record.generation, expected_changes=record.num_changes,
-                    override=data, audit_entry=audit)
-            except ChangeConflict:
-                continue  # another change landed meanwhile: compute this one again
+                with store_errors():
+                    record = await self.store.reschedule(
+                        job_id, generation=record.generation,
+                        expected_changes=record.num_changes, override=data, audit_entry=audit)
+            except (ChangeConflict, StaleGeneration):
+                continue  # another change or a resume landed meanwhile: compute it again
             except TooEarly as exc:
                 if change.get("from_iteration") is None:
                     continue  # ranks moved on meanwhile: the earliest iteration is later now
-                raise FailedPrecondition(str(exc)) from None
-            except StaleGeneration as exc:
-                raise FailedPrecondition(str(exc)) from None
+                raise OutOfRange(str(exc), field="from_iteration") from None
             except JobNotFound:
                 raise NotFound(f"job {job_id!r} does not exist") from None
-            except StoreUnavailable as exc:
-                raise Unavailable(f"job store unavailable: {exc}") from None
             entry = self._loaded(record)
             log.info("job rescheduled (%s) from iteration %d", action, override.start,
                      extra=self._event("rescheduled", job_id, None, record.generation))
             return RescheduleResult(JobView.of(record, entry), result.from_iteration,
                                     result.before, result.after, True, audit,
                                     result.before_at, result.after_at)
-        raise FailedPrecondition(f"job {job_id!r} kept changing; try again")
+        raise Aborted(f"job {job_id!r} kept changing while the change was computed; try again")
 
     async def history(self, job_id: str) -> JsonObjects:
         """A job id's audit trail (it outlives the job)."""
         check_job_id(job_id)
-        try:
+        with store_errors():
             trail = await self.store.audit(job_id)
-        except StoreUnavailable as exc:
-            raise Unavailable(f"job store unavailable: {exc}") from None
         if not trail:
             await self._get_record(job_id)  # NOT_FOUND for an id that never had a job
         return trail

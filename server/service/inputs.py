@@ -12,14 +12,11 @@ from ..errors import InvalidArgument
 from ..schedules import (
     ConfigError,
     JobSpec,
-    MetricsError,
-    Timeline,
     build_job_spec,
 )
 from ..schedules.reschedule import Schedule, build_override
 
 JOB_ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
-STATE_FORMAT = 1
 
 
 @dataclass(frozen=True)
@@ -33,6 +30,8 @@ class Limits:
     max_metrics: int = 64
     max_metric_name: int = 128
     max_iters: int = 10**9
+    max_changes: int = 1000  # per generation
+    max_world_size: int = 65_536  # ranks per run: bounds a job's stored progress
 
     def check_spec(self, data: Mapping[str, Any], prefix: str) -> None:
         schedulers = data.get("param_scheduler")
@@ -119,8 +118,15 @@ def config_error(exc: ConfigError, prefix: str) -> InvalidArgument:
 
 
 def parse_spec(data: Mapping[str, Any], prefix: str = "spec",
-               limits: Limits | None = None) -> JobSpec:
-    """Validate a spec dict (``JobSpec.to_dict()`` shape) into a JobSpec."""
+               limits: Limits | None = None, *, stored: bool | None = None) -> JobSpec:
+    """Validate a spec dict (``JobSpec.to_dict()`` shape) into a JobSpec.
+
+    ``stored``: the dict was written by a server (a stored record, a checkpoint; the
+    default for any prefix but ``"spec"``), so a missing ``semantics`` means the engine's
+    version 1; a new job's spec without one gets the current version.
+    """
+    if stored is None:
+        stored = prefix != "spec"
     if not isinstance(data, Mapping):
         raise InvalidArgument("must be an object", field=prefix)
     (limits or Limits()).check_spec(data, prefix)
@@ -133,6 +139,8 @@ def parse_spec(data: Mapping[str, Any], prefix: str = "spec",
             max_iters=data.get("max_iters"),
             bounds=data.get("bounds"),
             max_jump_factor=data.get("max_jump_factor"),
+            semantics=data.get("semantics", 1 if stored else None),
+            dtypes=data.get("dtypes"),
         )
     except ConfigError as exc:
         raise config_error(exc, prefix) from None
@@ -148,48 +156,15 @@ def parse_json(text: str, field: str) -> Any:
         raise InvalidArgument(f"is not valid JSON: {reason}", field=field) from None
 
 
-def parse_state(state_json: str) -> dict[str, Any]:
-    state = parse_json(state_json, "state_json")
-    if not isinstance(state, dict):
-        raise InvalidArgument("must be a JSON object", field="state_json")
-    if state.get("format") != STATE_FORMAT:
-        raise InvalidArgument(f"unsupported state format {state.get('format')!r} "
-                              f"(this server reads format {STATE_FORMAT})",
-                              field="state.format")
-    for key in ("generation", "iteration", "spec", "decisions"):
-        if key not in state:
-            raise InvalidArgument("is missing", field=f"state.{key}")
-    return state
-
-def parse_decisions(raw: Any, spec: JobSpec) -> dict[int, dict[str, float] | None]:
-    if not isinstance(raw, dict):
-        raise InvalidArgument("must be an object of epoch -> metrics", field="state.decisions")
-    timeline = Timeline(spec)
-    out: dict[int, dict[str, float] | None] = {}
-    for key, metrics in raw.items():
-        try:
-            epoch = int(key)
-        except ValueError:
-            raise InvalidArgument(f"epoch {key!r} is not an integer",
-                                  field="state.decisions") from None
-        try:
-            timeline.check_metrics(epoch, metrics)
-        except MetricsError as exc:
-            raise InvalidArgument(
-                exc.reason, field=f"state.decisions[{epoch}].{exc.field}") from None
-        out[epoch] = dict(metrics) if metrics is not None else None
-    return out
-
-
 def checked_changes(spec: JobSpec, overrides: Any,
                      decisions: dict[int, dict[str, float] | None]) -> Schedule:
     if not isinstance(overrides, list) or not all(isinstance(o, dict) for o in overrides):
-        raise InvalidArgument("must be a list of changes", field="state.overrides")
+        raise InvalidArgument("must be a list of changes", field="state.changes")
     schedule = Schedule(spec)
     for i, data in enumerate(overrides):
         try:
             schedule.add(build_override(schedule, data, decisions=decisions,
-                                        where=f"overrides[{i}]"))
+                                        where=f"changes[{i}]"))
         except ConfigError as exc:
             raise config_error(exc, "state") from None
     return schedule

@@ -48,16 +48,17 @@ class Plan:
     generation: int
     waits_for_epoch: int | None = None
     max_iters: int = 0  # the job's length as of this plan (changes may alter it)
+    incarnation: str = ""
 
 
 def plan_of(spec: JobSpec, schedule: Schedule, start: int, stop: int,
-            values: list[GroupValues], generation: int) -> Plan:
+            values: list[GroupValues], generation: int, incarnation: str = "") -> Plan:
     """A plan; when it stops short of ``stop``, it says which epoch's decision it waits on."""
     waits: int | None = None
     if start + len(values) < stop and spec.epoch_length:
         waits = (start + len(values)) // spec.epoch_length - 1
     return Plan(start, schedule.params, spec.num_groups, values, generation, waits,
-                schedule.max_iters)
+                schedule.max_iters, incarnation)
 
 
 @dataclass(frozen=True)
@@ -85,10 +86,23 @@ class JobView:
         return cls(record, entry.spec, schedule.max_iters, schedule.params)
 
 
+@dataclass(frozen=True)
+class Attachment:
+    """What a rank gets from ``attach``: the job, and values from iteration 0 unless the
+    job has progress from another run (``resume_required``: ``plan`` is empty)."""
+
+    view: JobView
+    created: bool
+    plan: Plan
+    resume_required: bool = False
+
+
 @dataclass
 class LoadedJob:
-    """A job as this process caches it: parsed spec, schedule, and its lock."""
+    """A job as this process caches it: parsed spec, schedule, and its lock. Keyed by
+    everything its values depend on: incarnation, spec, generation and changes."""
 
+    incarnation: str
     spec_hash: str
     generation: int
     num_changes: int

@@ -10,8 +10,12 @@ each, real Redis included):
 * Records are returned as fresh objects; mutating one changes nothing stored.
 * Backend failures (connection refused, timeout, server loading) raise
   ``StoreUnavailable``; nothing else from the backend leaks out.
-* ``report`` refuses a generation other than the stored one with ``StaleGeneration``
-  and changes nothing then.
+* ``report`` refuses a generation other than the stored one with ``StaleGeneration``,
+  another incarnation with ``IncarnationMismatch`` and a rank outside a known world
+  size with ``RankOutOfRange``, and changes nothing then.
+* A job's ``incarnation`` is fixed when the store creates its record (``create``, or
+  ``load_state`` of an absent job) and never changes; a generation belongs to one run
+  (``run_id``): a new run gets a new generation (``join``, ``load_state``).
 * Progress per rank only moves forward (max of stored and reported); a decision for an
   epoch is written once (first writer wins); ``issued_until`` only grows.
 * A job's changes (``overrides``) are append-only within a generation; ``reschedule``
@@ -67,6 +71,31 @@ class ChangeConflict(StoreError):
                          f"against {expected}")
 
 
+class IncarnationMismatch(StoreError):
+    """The job was deleted and created again (or lost and recreated) since."""
+
+    def __init__(self, job_id: str, given: str, current: str) -> None:
+        self.job_id, self.given, self.current = job_id, given, current
+        super().__init__(
+            f"job {job_id!r} was deleted and created again: it is incarnation {current!r}, "
+            f"not {given!r}"
+        )
+
+
+class RankOutOfRange(StoreError):
+    def __init__(self, job_id: str, rank: int, world_size: int) -> None:
+        self.job_id, self.rank, self.world_size = job_id, rank, world_size
+        super().__init__(f"rank {rank} is outside the world size {world_size} of the run "
+                         f"of job {job_id!r}")
+
+
+class WorldSizeConflict(StoreError):
+    def __init__(self, job_id: str, given: int, stored: int) -> None:
+        self.job_id, self.given, self.stored = job_id, given, stored
+        super().__init__(f"the run of job {job_id!r} has world size {stored}, not {given}; "
+                         "the world size is fixed per run (a new run may change it)")
+
+
 class StaleGeneration(StoreError):
     def __init__(self, job_id: str, given: int, current: int) -> None:
         self.job_id, self.given, self.current = job_id, given, current
@@ -77,8 +106,14 @@ class StaleGeneration(StoreError):
 
 
 def canonical_json(data: Any) -> str:
-    """Stable JSON (sorted keys, no spaces): the stored form and the hash input."""
-    return json.dumps(data, sort_keys=True, separators=(",", ":"), allow_nan=False)
+    """Stable JSON (sorted keys, no spaces): the stored form and the hash input.
+
+    Non-finite numbers are written as the tokens ``NaN``, ``Infinity`` and
+    ``-Infinity`` (Python's ``json`` reads them back): the one encoding of the few
+    values that may be non-finite (validation metrics, a scheduler's ``end``); the
+    service refuses them everywhere else before anything is stored.
+    """
+    return json.dumps(data, sort_keys=True, separators=(",", ":"), allow_nan=True)
 
 
 def content_hash(data: Any) -> str:
@@ -105,9 +140,16 @@ class JobRecord:
     issued_until: int = 0
     progress: dict[int, int] = field(default_factory=dict)  # rank -> iterations done
     decisions: dict[int, Metrics | None] = field(default_factory=dict)  # epoch -> metrics
-    resumed_from: str = ""  # hash of the last checkpoint state loaded into this job
+    resumed_from: str = ""  # what started this generation: "<state hash>:<run id>"
     overrides: list[dict[str, Any]] | None = field(default_factory=list)
     num_changes: int = 0
+    incarnation: str = ""  # fixed at creation ("" for jobs stored before incarnations)
+    run_id: str = ""  # the run this generation belongs to
+
+    @property
+    def has_progress(self) -> bool:
+        """Whether any rank completed an iteration or any epoch was decided."""
+        return bool(self.decisions) or any(it > 0 for it in self.progress.values())
 
     def copy(self) -> JobRecord:
         return replace(
@@ -175,15 +217,44 @@ class JobStore(Protocol):
         issue_until: int = 0,
         known_spec_hash: str = "",
         known_changes: int = -1,
+        incarnation: str | None = None,
     ) -> JobRecord:
         """Record a rank's progress, atomically.
 
-        Raises JobNotFound, or StaleGeneration when ``generation`` is not the stored one.
+        Raises JobNotFound; StaleGeneration when ``generation`` is not the stored one;
+        IncarnationMismatch when ``incarnation`` is given and not the stored one;
+        RankOutOfRange when the stored world size is known and ``rank`` is not below it.
         Sets ``progress[rank] = max(stored, iteration)``; stores ``decision`` (epoch,
         metrics or None) unless that epoch already has one; raises ``issued_until`` to
         ``issue_until``; bumps ``version``. Returns the record after the change, with
         ``spec=None`` when ``known_spec_hash`` equals the stored ``spec_hash`` and
         ``overrides=None`` when ``known_changes`` equals the stored ``num_changes``.
+        """
+        ...
+
+    async def join(
+        self,
+        job_id: str,
+        *,
+        run_id: str,
+        world_size: int,
+        rank: int,
+        issue_until: int,
+        audit_entry: dict[str, Any] | None = None,
+    ) -> tuple[JobRecord, str]:
+        """A rank of run ``run_id`` attaches to the existing job, atomically.
+
+        Raises JobNotFound. Returns (record, outcome):
+
+        * ``"joined"``: the job's run is ``run_id``. Raises WorldSizeConflict when both
+          world sizes are known and differ; a stored 0 (unknown) takes ``world_size``.
+          Then records the rank like ``report`` at iteration 0 with ``issue_until``.
+        * ``"resume_required"``: another run's generation has progress (see
+          ``JobRecord.has_progress``): nothing changes.
+        * ``"new_run"``: another run's generation without progress: the job becomes
+          ``run_id``'s, in generation + 1, with this run's world size, progress
+          ``{rank: 0}``, ``issued_until`` raised to ``issue_until`` and ``audit_entry``
+          appended.
         """
         ...
 
@@ -203,8 +274,11 @@ class JobStore(Protocol):
         audit_entries: JsonObjects | None = None,
         audit_entry: dict[str, Any] | None = None,
         issue_until: int = 0,
+        run_id: str = "",
+        incarnation: str = "",
     ) -> tuple[JobRecord, bool]:
-        """Resume a job from a checkpoint state, creating it if absent.
+        """Resume a job from a checkpoint state, creating it (as ``incarnation``) if
+        absent; an existing job keeps its incarnation. The job's run becomes ``run_id``.
 
         If the job's ``resumed_from`` already equals ``state_hash`` (another rank loaded
         the same checkpoint), nothing changes and (record, False) is returned. Otherwise

@@ -17,6 +17,12 @@ Why sqlite and how it keeps the contract of ``base.py``:
   connection is shared by those threads under a ``threading.Lock``: sqlite serialises
   writers anyway, and one connection keeps the locking story trivial.
 
+Files are private: the data dir is 0700 and the database files 0600 whatever the
+umask (the store holds every job, past the tokens). A data dir that others may read
+(a shared volume, a Kubernetes ``fsGroup`` mount) gets a 0700 subdirectory
+``private/`` for the files; a world-writable one is refused (anyone could swap the
+database), a group-writable one is warned about.
+
 Floats round-trip exactly: ``created_at`` is a REAL (an IEEE double, as in Python),
 specs and metrics are stored as canonical JSON, whose float repr is exact.
 """
@@ -25,7 +31,10 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
+import os
 import sqlite3
+import stat
 import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -33,13 +42,16 @@ from typing import Any, TypeVar
 
 from .base import (
     ChangeConflict,
+    IncarnationMismatch,
     JobNotFound,
     JobRecord,
     Metrics,
+    RankOutOfRange,
     StaleGeneration,
     StoreError,
     StoreUnavailable,
     TooEarly,
+    WorldSizeConflict,
     canonical_json,
 )
 
@@ -48,6 +60,9 @@ __all__ = ["DB_FILENAME", "EmbeddedJobStore"]
 JsonObjects = list[dict[str, Any]]  # (a method named ``list`` shadows the builtin below)
 
 DB_FILENAME = "paramsched.sqlite3"
+PRIVATE_SUBDIR = "private"
+
+log = logging.getLogger("paramsched.store")
 
 _T = TypeVar("_T")
 
@@ -61,7 +76,9 @@ CREATE TABLE IF NOT EXISTS jobs (
     world_size   INTEGER NOT NULL,
     created_at   REAL NOT NULL,
     issued_until INTEGER NOT NULL,
-    resumed_from TEXT NOT NULL
+    resumed_from TEXT NOT NULL,
+    incarnation  TEXT NOT NULL DEFAULT '',
+    run_id       TEXT NOT NULL DEFAULT ''
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS progress (
     job_id     TEXT NOT NULL,
@@ -90,8 +107,53 @@ CREATE TABLE IF NOT EXISTS audit (
 """
 
 _JOB_COLUMNS = (
-    "spec, spec_hash, generation, version, world_size, created_at, issued_until, resumed_from"
+    "spec, spec_hash, generation, version, world_size, created_at, issued_until, resumed_from, "
+    "incarnation, run_id"
 )
+# Columns added after the first release: ALTER TABLE'd into files written before them.
+_ADDED_JOB_COLUMNS = {"incarnation": "TEXT NOT NULL DEFAULT ''",
+                      "run_id": "TEXT NOT NULL DEFAULT ''"}
+
+
+class StoreConfigError(StoreError, ValueError):
+    """The data dir is unsafe to use (world-writable, or not a directory)."""
+
+
+def private_store_dir(data_dir: Path) -> Path:
+    """The 0700 folder the database files live in (see the module docstring)."""
+    if not data_dir.exists():
+        data_dir.mkdir(parents=True, mode=0o700)
+        os.chmod(data_dir, 0o700)  # mkdir's mode is masked by the umask
+        return data_dir
+    mode = data_dir.stat().st_mode
+    if not stat.S_ISDIR(mode):
+        raise StoreConfigError(f"the data dir {data_dir} is not a directory")
+    if mode & stat.S_IWOTH and not mode & stat.S_ISVTX:
+        raise StoreConfigError(
+            f"the data dir {data_dir} is world-writable (mode {stat.S_IMODE(mode):o}): anyone "
+            "could replace the job store; use a directory only this user can write, e.g. "
+            f"chmod 700 {data_dir}")
+    if mode & stat.S_IWGRP:
+        log.warning("the data dir %s is group-writable (mode %o); the job store goes in its "
+                    "0700 subdirectory %s/", data_dir, stat.S_IMODE(mode), PRIVATE_SUBDIR)
+    if not mode & 0o077 or (data_dir / DB_FILENAME).exists():
+        # Private already, or a store written before files were private: keep it in place
+        # (its files become 0600 below).
+        return data_dir
+    private = data_dir / PRIVATE_SUBDIR
+    private.mkdir(mode=0o700, exist_ok=True)
+    os.chmod(private, 0o700)
+    return private
+
+
+def _private_files(path: Path) -> None:
+    """Create the database file 0600 (sqlite gives its -wal/-shm files the same mode)
+    and make files written by an older version 0600 too."""
+    os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o600))
+    for suffix in ("", "-wal", "-shm", "-journal"):
+        candidate = path.with_name(path.name + suffix)
+        if candidate.exists():
+            os.chmod(candidate, 0o600)
 
 
 def _prefix_upper_bound(prefix: str) -> str | None:
@@ -117,10 +179,10 @@ class EmbeddedJobStore:
 
     def __init__(self, data_dir: str | Path, *, busy_timeout: float = 10.0) -> None:
         self.data_dir = Path(data_dir)
-        self.path = self.data_dir / DB_FILENAME
         self._lock = threading.Lock()
         try:
-            self.data_dir.mkdir(parents=True, exist_ok=True)
+            self.path = private_store_dir(self.data_dir) / DB_FILENAME
+            _private_files(self.path)
             # isolation_level=None: we issue BEGIN/COMMIT ourselves, so each method is
             # exactly the transaction we wrote. check_same_thread=False: the connection
             # moves between to_thread workers, always under self._lock.
@@ -142,6 +204,10 @@ class EmbeddedJobStore:
             for statement in _SCHEMA.split(";"):
                 if statement.strip():
                     conn.execute(statement)
+            present = {row[1] for row in conn.execute("PRAGMA table_info(jobs)")}
+            for column, declaration in _ADDED_JOB_COLUMNS.items():
+                if column not in present:
+                    conn.execute(f"ALTER TABLE jobs ADD COLUMN {column} {declaration}")
             conn.execute("COMMIT")
         except BaseException:
             if conn.in_transaction:
@@ -192,7 +258,8 @@ class EmbeddedJobStore:
         ).fetchone()
         if row is None:
             return None
-        spec, spec_hash, generation, version, world_size, created_at, issued, resumed = row
+        (spec, spec_hash, generation, version, world_size, created_at, issued, resumed,
+         incarnation, run_id) = row
         progress = conn.execute(
             "SELECT rank, iterations FROM progress WHERE job_id = ?", (job_id,)
         ).fetchall()
@@ -220,6 +287,8 @@ class EmbeddedJobStore:
             resumed_from=resumed,
             overrides=overrides,
             num_changes=int(num_changes),
+            incarnation=incarnation,
+            run_id=run_id,
         )
 
     @classmethod
@@ -263,7 +332,8 @@ class EmbeddedJobStore:
             if existing is not None:
                 return existing, False
             conn.execute(
-                f"INSERT INTO jobs (job_id, {_JOB_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                f"INSERT INTO jobs (job_id, {_JOB_COLUMNS}) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     record.job_id,
                     spec_json,
@@ -274,6 +344,8 @@ class EmbeddedJobStore:
                     float(record.created_at),
                     int(record.issued_until),
                     record.resumed_from,
+                    record.incarnation,
+                    record.run_id,
                 ),
             )
             self._write_children(conn, record.job_id, record.progress, record.decisions)
@@ -330,6 +402,7 @@ class EmbeddedJobStore:
         issue_until: int = 0,
         known_spec_hash: str = "",
         known_changes: int = -1,
+        incarnation: str | None = None,
     ) -> JobRecord:
         """Record a rank's progress atomically; see ``JobStore.report``."""
         decision_row = (
@@ -338,33 +411,83 @@ class EmbeddedJobStore:
 
         def op(conn: sqlite3.Connection) -> JobRecord:
             row = conn.execute(
-                "SELECT generation, spec_hash FROM jobs WHERE job_id = ?", (job_id,)
+                "SELECT generation, spec_hash, incarnation, world_size FROM jobs "
+                "WHERE job_id = ?", (job_id,)
             ).fetchone()
             if row is None:
                 raise JobNotFound(job_id)
-            stored_generation, spec_hash = row
+            stored_generation, spec_hash, stored_incarnation, world_size = row
+            if incarnation is not None and stored_incarnation != incarnation:
+                raise IncarnationMismatch(job_id, incarnation, stored_incarnation)
             if stored_generation != generation:
                 raise StaleGeneration(job_id, generation, stored_generation)
-            conn.execute(
-                "INSERT INTO progress (job_id, rank, iterations) VALUES (?, ?, ?) "
-                "ON CONFLICT (job_id, rank) "
-                "DO UPDATE SET iterations = max(iterations, excluded.iterations)",
-                (job_id, int(rank), int(iteration)),
-            )
+            if world_size and rank >= world_size:
+                raise RankOutOfRange(job_id, rank, world_size)
+            self._record_progress(conn, job_id, rank, iteration, issue_until)
             if decision_row is not None:
                 conn.execute(
                     "INSERT INTO decisions (job_id, epoch, metrics) VALUES (?, ?, ?) "
                     "ON CONFLICT (job_id, epoch) DO NOTHING",
                     (job_id, *decision_row),
                 )
-            conn.execute(
-                "UPDATE jobs SET issued_until = max(issued_until, ?), version = version + 1 "
-                "WHERE job_id = ?",
-                (int(issue_until), job_id),
-            )
             with_spec = not (known_spec_hash and known_spec_hash == spec_hash)
             return self._read_existing(conn, job_id, with_spec=with_spec,
                                        known_changes=known_changes)
+
+        return await self._run(op, write=True)
+
+    @staticmethod
+    def _record_progress(conn: sqlite3.Connection, job_id: str, rank: int, iteration: int,
+                         issue_until: int) -> None:
+        conn.execute(
+            "INSERT INTO progress (job_id, rank, iterations) VALUES (?, ?, ?) "
+            "ON CONFLICT (job_id, rank) "
+            "DO UPDATE SET iterations = max(iterations, excluded.iterations)",
+            (job_id, int(rank), int(iteration)),
+        )
+        conn.execute(
+            "UPDATE jobs SET issued_until = max(issued_until, ?), version = version + 1 "
+            "WHERE job_id = ?",
+            (int(issue_until), job_id),
+        )
+
+    async def join(
+        self,
+        job_id: str,
+        *,
+        run_id: str,
+        world_size: int,
+        rank: int,
+        issue_until: int,
+        audit_entry: dict[str, Any] | None = None,
+    ) -> tuple[JobRecord, str]:
+        """A rank of ``run_id`` attaches; see ``JobStore.join``."""
+        entry = canonical_json(audit_entry) if audit_entry is not None else None
+
+        def op(conn: sqlite3.Connection) -> tuple[JobRecord, str]:
+            record = self._read(conn, job_id)
+            if record is None:
+                raise JobNotFound(job_id)
+            if record.run_id == run_id:
+                if world_size and record.world_size and world_size != record.world_size:
+                    raise WorldSizeConflict(job_id, world_size, record.world_size)
+                if record.world_size and rank >= record.world_size:
+                    raise RankOutOfRange(job_id, rank, record.world_size)
+                if world_size and not record.world_size:
+                    conn.execute("UPDATE jobs SET world_size = ? WHERE job_id = ?",
+                                 (int(world_size), job_id))
+                self._record_progress(conn, job_id, rank, 0, issue_until)
+                return self._read_existing(conn, job_id), "joined"
+            if record.has_progress:
+                return record, "resume_required"
+            conn.execute(
+                "UPDATE jobs SET run_id = ?, world_size = ?, generation = generation + 1, "
+                "resumed_from = '' WHERE job_id = ?", (run_id, int(world_size), job_id))
+            conn.execute("DELETE FROM progress WHERE job_id = ?", (job_id,))
+            self._record_progress(conn, job_id, rank, 0, issue_until)
+            if entry is not None:
+                self._append_audit(conn, job_id, [entry])
+            return self._read_existing(conn, job_id), "new_run"
 
         return await self._run(op, write=True)
 
@@ -384,6 +507,8 @@ class EmbeddedJobStore:
         audit_entries: JsonObjects | None = None,
         audit_entry: dict[str, Any] | None = None,
         issue_until: int = 0,
+        run_id: str = "",
+        incarnation: str = "",
     ) -> tuple[JobRecord, bool]:
         """Resume a job from a checkpoint state; see ``JobStore.load_state``.
 
@@ -403,7 +528,8 @@ class EmbeddedJobStore:
             ).fetchone()
             if row is None:
                 conn.execute(
-                    f"INSERT INTO jobs (job_id, {_JOB_COLUMNS}) VALUES (?, ?, ?, ?, 1, ?, ?, ?, ?)",
+                    f"INSERT INTO jobs (job_id, {_JOB_COLUMNS}) "
+                    "VALUES (?, ?, ?, ?, 1, ?, ?, ?, ?, ?, ?)",
                     (
                         job_id,
                         spec_json,
@@ -413,6 +539,8 @@ class EmbeddedJobStore:
                         float(created_at),
                         int(issued_until),
                         state_hash,
+                        incarnation,
+                        run_id,
                     ),
                 )
             else:
@@ -423,7 +551,7 @@ class EmbeddedJobStore:
                     "UPDATE jobs SET spec = ?, spec_hash = ?, generation = ?, "
                     "version = version + 1, "
                     "world_size = CASE WHEN ? > 0 THEN ? ELSE world_size END, "
-                    "issued_until = ?, resumed_from = ? "
+                    "issued_until = ?, resumed_from = ?, run_id = ? "
                     "WHERE job_id = ?",
                     (
                         spec_json,
@@ -433,6 +561,7 @@ class EmbeddedJobStore:
                         int(world_size),
                         int(issued_until),
                         state_hash,
+                        run_id,
                         job_id,
                     ),
                 )

@@ -3,7 +3,8 @@
 Layout (``P`` is the prefix, ``J`` the job id)::
 
     P:{J}:job        hash  spec (canonical JSON), spec_hash, generation, version,
-                           world_size, created_at, issued_until, resumed_from
+                           world_size, created_at, issued_until, resumed_from,
+                           incarnation, run_id (absent in jobs stored before them: "")
     P:{J}:progress   hash  rank -> iterations done
     P:{J}:decisions  hash  epoch -> canonical JSON of the metrics, or "null"
     P:{J}:changes    list  the job's changes (reschedules), canonical JSON, in order
@@ -59,13 +60,16 @@ from redis.backoff import ExponentialBackoff
 
 from .base import (
     ChangeConflict,
+    IncarnationMismatch,
     JobNotFound,
     JobRecord,
     Metrics,
+    RankOutOfRange,
     StaleGeneration,
     StoreError,
     StoreUnavailable,
     TooEarly,
+    WorldSizeConflict,
     canonical_json,
 )
 
@@ -83,7 +87,7 @@ CLUSTER_SCHEMES = {"redis+cluster": "redis", "rediss+cluster": "rediss"}
 _LUA_READ_JOB = """
 local function read_job(with_spec, known)
   local fields = redis.call('HMGET', KEYS[1], 'spec_hash', 'generation', 'version',
-    'world_size', 'created_at', 'issued_until', 'resumed_from')
+    'world_size', 'created_at', 'issued_until', 'resumed_from', 'incarnation', 'run_id')
   local spec = false
   if with_spec then spec = redis.call('HGET', KEYS[1], 'spec') end
   local count = redis.call('LLEN', KEYS[4])
@@ -118,27 +122,36 @@ return read_job(true, -1)
 )
 
 # ARGV: spec, spec_hash, generation, version, world_size, created_at, issued_until,
-#       resumed_from, then write_children's arguments from ARGV[9].
+#       resumed_from, incarnation, run_id, then write_children's arguments from ARGV[11].
 _CREATE_SCRIPT = (
     _LUA_READ_JOB
     + """
 if redis.call('EXISTS', KEYS[1]) == 1 then return {0, read_job(true, -1)} end
 redis.call('HSET', KEYS[1], 'spec', ARGV[1], 'spec_hash', ARGV[2], 'generation', ARGV[3],
   'version', ARGV[4], 'world_size', ARGV[5], 'created_at', ARGV[6],
-  'issued_until', ARGV[7], 'resumed_from', ARGV[8])
-write_children(9)
+  'issued_until', ARGV[7], 'resumed_from', ARGV[8], 'incarnation', ARGV[9], 'run_id', ARGV[10])
+write_children(11)
 return {1}
 """
 )
 
 # ARGV: generation, rank, iteration, has_decision ('1'/'0'), epoch, metrics JSON,
-#       issue_until, known_spec_hash, known_changes.
+#       issue_until, known_spec_hash, known_changes, check incarnation ('1'/'0'),
+#       incarnation.
 _REPORT_SCRIPT = (
     _LUA_READ_JOB
     + """
 if redis.call('EXISTS', KEYS[1]) == 0 then return {'missing'} end
+if ARGV[10] == '1' then
+  local incarnation = redis.call('HGET', KEYS[1], 'incarnation') or ''
+  if incarnation ~= ARGV[11] then return {'incarnation', incarnation} end
+end
 local generation = redis.call('HGET', KEYS[1], 'generation')
 if tonumber(generation) ~= tonumber(ARGV[1]) then return {'stale', generation} end
+local world_size = redis.call('HGET', KEYS[1], 'world_size')
+if tonumber(world_size) > 0 and tonumber(ARGV[2]) >= tonumber(world_size) then
+  return {'rank', world_size}
+end
 local done = redis.call('HGET', KEYS[2], ARGV[2])
 if (not done) or tonumber(done) < tonumber(ARGV[3]) then
   redis.call('HSET', KEYS[2], ARGV[2], ARGV[3])
@@ -153,9 +166,48 @@ return {'ok', read_job(with_spec, tonumber(ARGV[9]))}
 """
 )
 
+# ARGV: run_id, world_size, rank, issue_until, the new run's audit entry ('' for none).
+_JOIN_SCRIPT = (
+    _LUA_READ_JOB
+    + """
+if redis.call('EXISTS', KEYS[1]) == 0 then return {'missing'} end
+local function record_rank()
+  redis.call('HSETNX', KEYS[2], ARGV[3], '0')
+  if tonumber(redis.call('HGET', KEYS[1], 'issued_until')) < tonumber(ARGV[4]) then
+    redis.call('HSET', KEYS[1], 'issued_until', ARGV[4])
+  end
+  redis.call('HINCRBY', KEYS[1], 'version', 1)
+end
+local world_size = redis.call('HGET', KEYS[1], 'world_size')
+if (redis.call('HGET', KEYS[1], 'run_id') or '') == ARGV[1] then
+  if tonumber(ARGV[2]) > 0 and tonumber(world_size) > 0
+      and tonumber(world_size) ~= tonumber(ARGV[2]) then
+    return {'world', world_size}
+  end
+  if tonumber(world_size) > 0 and tonumber(ARGV[3]) >= tonumber(world_size) then
+    return {'rank', world_size}
+  end
+  if tonumber(world_size) == 0 then redis.call('HSET', KEYS[1], 'world_size', ARGV[2]) end
+  record_rank()
+  return {'joined', read_job(true, -1)}
+end
+if redis.call('HLEN', KEYS[3]) > 0 then return {'resume_required', read_job(true, -1)} end
+for _, done in ipairs(redis.call('HVALS', KEYS[2])) do
+  if tonumber(done) > 0 then return {'resume_required', read_job(true, -1)} end
+end
+redis.call('HSET', KEYS[1], 'run_id', ARGV[1], 'world_size', ARGV[2], 'resumed_from', '')
+redis.call('HINCRBY', KEYS[1], 'generation', 1)
+redis.call('DEL', KEYS[2])
+record_rank()
+if ARGV[5] ~= '' then redis.call('RPUSH', KEYS[5], ARGV[5]) end
+return {'new_run', read_job(true, -1)}
+"""
+)
+
 # ARGV: spec, spec_hash, min_generation, state_hash, world_size, created_at,
-#       issued_until, resume audit entry ('' for none), n changes, the changes,
-#       n audit entries to restore, those entries, then write_children's arguments.
+#       issued_until, resume audit entry ('' for none), run_id, incarnation (for a new
+#       job), n changes, the changes, n audit entries to restore, those entries, then
+#       write_children's arguments.
 _LOAD_STATE_SCRIPT = (
     _LUA_READ_JOB
     + """
@@ -171,14 +223,15 @@ if redis.call('EXISTS', KEYS[1]) == 1 then
   end
   redis.call('HINCRBY', KEYS[1], 'version', 1)
 else
-  redis.call('HSET', KEYS[1], 'generation', ARGV[3], 'version', '1', 'created_at', ARGV[6])
+  redis.call('HSET', KEYS[1], 'generation', ARGV[3], 'version', '1', 'created_at', ARGV[6],
+    'incarnation', ARGV[10])
 end
 redis.call('HSET', KEYS[1], 'spec', ARGV[1], 'spec_hash', ARGV[2], 'issued_until', ARGV[7],
-  'resumed_from', ARGV[4])
+  'resumed_from', ARGV[4], 'run_id', ARGV[9])
 if tonumber(ARGV[5]) > 0 or redis.call('HEXISTS', KEYS[1], 'world_size') == 0 then
   redis.call('HSET', KEYS[1], 'world_size', ARGV[5])
 end
-local i = 9
+local i = 11
 local n = tonumber(ARGV[i])
 redis.call('DEL', KEYS[4])
 for j = 1, n do redis.call('RPUSH', KEYS[4], ARGV[i + j]) end
@@ -280,7 +333,8 @@ def _flat_to_dict(flat: Sequence[str]) -> dict[str, str]:
 def _record(job_id: str, reply: Sequence[Any]) -> JobRecord:
     """Build a JobRecord from ``read_job``'s reply (strings, decode_responses=True)."""
     fields, spec, progress, decisions, num_changes, changes = reply
-    spec_hash, generation, version, world_size, created_at, issued_until, resumed = fields
+    (spec_hash, generation, version, world_size, created_at, issued_until, resumed,
+     incarnation, run_id) = fields
     return JobRecord(
         job_id=job_id,
         spec=json.loads(spec) if spec is not None else None,
@@ -295,6 +349,8 @@ def _record(job_id: str, reply: Sequence[Any]) -> JobRecord:
         resumed_from=resumed,
         overrides=[json.loads(c) for c in changes] if changes is not None else None,
         num_changes=int(num_changes),
+        incarnation=incarnation or "",
+        run_id=run_id or "",
     )
 
 
@@ -350,6 +406,7 @@ class RedisJobStore:
         self._create_script = self._redis.register_script(_CREATE_SCRIPT)
         self._report_script = self._redis.register_script(_REPORT_SCRIPT)
         self._load_state_script = self._redis.register_script(_LOAD_STATE_SCRIPT)
+        self._join_script = self._redis.register_script(_JOIN_SCRIPT)
         self._delete_script = self._redis.register_script(_DELETE_SCRIPT)
         self._reschedule_script = self._redis.register_script(_RESCHEDULE_SCRIPT)
 
@@ -382,6 +439,8 @@ class RedisJobStore:
             repr(float(record.created_at)),
             str(int(record.issued_until)),
             record.resumed_from,
+            record.incarnation,
+            record.run_id,
             *_children_args(record.progress, record.decisions),
         ]
         async with self._backend("create"):
@@ -462,6 +521,7 @@ class RedisJobStore:
         issue_until: int = 0,
         known_spec_hash: str = "",
         known_changes: int = -1,
+        incarnation: str | None = None,
     ) -> JobRecord:
         """Record a rank's progress in one script call; see ``JobStore.report``."""
         if decision is None:
@@ -476,15 +536,45 @@ class RedisJobStore:
             str(int(issue_until)),
             known_spec_hash,
             str(int(known_changes)),
+            "0" if incarnation is None else "1",
+            incarnation or "",
         ]
         async with self._backend("report"):
             reply = await self._report_script(keys=self.job_keys(job_id), args=args)
         status = reply[0]
         if status == "missing":
             raise JobNotFound(job_id)
+        if status == "incarnation":
+            raise IncarnationMismatch(job_id, incarnation or "", reply[1])
         if status == "stale":
             raise StaleGeneration(job_id, generation, int(reply[1]))
+        if status == "rank":
+            raise RankOutOfRange(job_id, rank, int(reply[1]))
         return _record(job_id, reply[1])
+
+    async def join(
+        self,
+        job_id: str,
+        *,
+        run_id: str,
+        world_size: int,
+        rank: int,
+        issue_until: int,
+        audit_entry: dict[str, Any] | None = None,
+    ) -> tuple[JobRecord, str]:
+        """A rank of ``run_id`` attaches, in one script call; see ``JobStore.join``."""
+        args = [run_id, str(int(world_size)), str(int(rank)), str(int(issue_until)),
+                canonical_json(audit_entry) if audit_entry is not None else ""]
+        async with self._backend("join"):
+            reply = await self._join_script(keys=self.job_keys(job_id), args=args)
+        status = reply[0]
+        if status == "missing":
+            raise JobNotFound(job_id)
+        if status == "world":
+            raise WorldSizeConflict(job_id, world_size, int(reply[1]))
+        if status == "rank":
+            raise RankOutOfRange(job_id, rank, int(reply[1]))
+        return _record(job_id, reply[1]), status
 
     async def load_state(
         self,
@@ -502,6 +592,8 @@ class RedisJobStore:
         audit_entries: JsonObjects | None = None,
         audit_entry: dict[str, Any] | None = None,
         issue_until: int = 0,
+        run_id: str = "",
+        incarnation: str = "",
     ) -> tuple[JobRecord, bool]:
         """Resume a job from a checkpoint state; see ``JobStore.load_state``.
 
@@ -518,6 +610,8 @@ class RedisJobStore:
             repr(float(created_at)),
             str(max(max((int(it) for it in progress.values()), default=0), int(issue_until))),
             canonical_json(audit_entry) if audit_entry is not None else "",
+            run_id,
+            incarnation,
             str(len(overrides or [])),
             *(canonical_json(o) for o in overrides or []),
             str(len(audit_entries or [])),

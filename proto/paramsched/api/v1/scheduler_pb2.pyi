@@ -8,7 +8,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class ParamGroup(_message.Message):
-    __slots__ = ("values", "betas")
+    __slots__ = ("values", "betas", "dtypes")
     class ValuesEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -16,11 +16,20 @@ class ParamGroup(_message.Message):
         key: str
         value: float
         def __init__(self, key: _Optional[str] = ..., value: _Optional[float] = ...) -> None: ...
+    class DtypesEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
     VALUES_FIELD_NUMBER: _ClassVar[int]
     BETAS_FIELD_NUMBER: _ClassVar[int]
+    DTYPES_FIELD_NUMBER: _ClassVar[int]
     values: _containers.ScalarMap[str, float]
     betas: _containers.RepeatedScalarFieldContainer[float]
-    def __init__(self, values: _Optional[_Mapping[str, float]] = ..., betas: _Optional[_Iterable[float]] = ...) -> None: ...
+    dtypes: _containers.ScalarMap[str, str]
+    def __init__(self, values: _Optional[_Mapping[str, float]] = ..., betas: _Optional[_Iterable[float]] = ..., dtypes: _Optional[_Mapping[str, str]] = ...) -> None: ...
 
 class Bounds(_message.Message):
     __slots__ = ("min", "max")
@@ -31,7 +40,7 @@ class Bounds(_message.Message):
     def __init__(self, min: _Optional[float] = ..., max: _Optional[float] = ...) -> None: ...
 
 class JobSpec(_message.Message):
-    __slots__ = ("param_scheduler_json", "initial_values", "epoch_length", "max_epochs", "max_iters", "bounds", "max_jump_factor")
+    __slots__ = ("param_scheduler_json", "initial_values", "epoch_length", "max_epochs", "max_iters", "bounds", "max_jump_factor", "semantics")
     class BoundsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -46,6 +55,7 @@ class JobSpec(_message.Message):
     MAX_ITERS_FIELD_NUMBER: _ClassVar[int]
     BOUNDS_FIELD_NUMBER: _ClassVar[int]
     MAX_JUMP_FACTOR_FIELD_NUMBER: _ClassVar[int]
+    SEMANTICS_FIELD_NUMBER: _ClassVar[int]
     param_scheduler_json: str
     initial_values: _containers.RepeatedCompositeFieldContainer[ParamGroup]
     epoch_length: int
@@ -53,7 +63,8 @@ class JobSpec(_message.Message):
     max_iters: int
     bounds: _containers.MessageMap[str, Bounds]
     max_jump_factor: float
-    def __init__(self, param_scheduler_json: _Optional[str] = ..., initial_values: _Optional[_Iterable[_Union[ParamGroup, _Mapping]]] = ..., epoch_length: _Optional[int] = ..., max_epochs: _Optional[int] = ..., max_iters: _Optional[int] = ..., bounds: _Optional[_Mapping[str, Bounds]] = ..., max_jump_factor: _Optional[float] = ...) -> None: ...
+    semantics: int
+    def __init__(self, param_scheduler_json: _Optional[str] = ..., initial_values: _Optional[_Iterable[_Union[ParamGroup, _Mapping]]] = ..., epoch_length: _Optional[int] = ..., max_epochs: _Optional[int] = ..., max_iters: _Optional[int] = ..., bounds: _Optional[_Mapping[str, Bounds]] = ..., max_jump_factor: _Optional[float] = ..., semantics: _Optional[int] = ...) -> None: ...
 
 class RankProgress(_message.Message):
     __slots__ = ("rank", "iteration")
@@ -64,7 +75,7 @@ class RankProgress(_message.Message):
     def __init__(self, rank: _Optional[int] = ..., iteration: _Optional[int] = ...) -> None: ...
 
 class Job(_message.Message):
-    __slots__ = ("job_id", "spec", "generation", "world_size", "params", "num_groups", "momentum_via_betas", "max_iters", "epoch_length", "progress", "version", "created_at", "issued_until", "num_changes")
+    __slots__ = ("job_id", "spec", "generation", "world_size", "params", "num_groups", "momentum_via_betas", "max_iters", "epoch_length", "progress", "version", "created_at", "issued_until", "num_changes", "incarnation", "run_id")
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     SPEC_FIELD_NUMBER: _ClassVar[int]
     GENERATION_FIELD_NUMBER: _ClassVar[int]
@@ -79,6 +90,8 @@ class Job(_message.Message):
     CREATED_AT_FIELD_NUMBER: _ClassVar[int]
     ISSUED_UNTIL_FIELD_NUMBER: _ClassVar[int]
     NUM_CHANGES_FIELD_NUMBER: _ClassVar[int]
+    INCARNATION_FIELD_NUMBER: _ClassVar[int]
+    RUN_ID_FIELD_NUMBER: _ClassVar[int]
     job_id: str
     spec: JobSpec
     generation: int
@@ -93,10 +106,12 @@ class Job(_message.Message):
     created_at: float
     issued_until: int
     num_changes: int
-    def __init__(self, job_id: _Optional[str] = ..., spec: _Optional[_Union[JobSpec, _Mapping]] = ..., generation: _Optional[int] = ..., world_size: _Optional[int] = ..., params: _Optional[_Iterable[str]] = ..., num_groups: _Optional[int] = ..., momentum_via_betas: _Optional[bool] = ..., max_iters: _Optional[int] = ..., epoch_length: _Optional[int] = ..., progress: _Optional[_Iterable[_Union[RankProgress, _Mapping]]] = ..., version: _Optional[int] = ..., created_at: _Optional[float] = ..., issued_until: _Optional[int] = ..., num_changes: _Optional[int] = ...) -> None: ...
+    incarnation: str
+    run_id: str
+    def __init__(self, job_id: _Optional[str] = ..., spec: _Optional[_Union[JobSpec, _Mapping]] = ..., generation: _Optional[int] = ..., world_size: _Optional[int] = ..., params: _Optional[_Iterable[str]] = ..., num_groups: _Optional[int] = ..., momentum_via_betas: _Optional[bool] = ..., max_iters: _Optional[int] = ..., epoch_length: _Optional[int] = ..., progress: _Optional[_Iterable[_Union[RankProgress, _Mapping]]] = ..., version: _Optional[int] = ..., created_at: _Optional[float] = ..., issued_until: _Optional[int] = ..., num_changes: _Optional[int] = ..., incarnation: _Optional[str] = ..., run_id: _Optional[str] = ...) -> None: ...
 
 class Plan(_message.Message):
-    __slots__ = ("start_iteration", "num_iterations", "params", "num_groups", "values", "generation", "waits_for_epoch", "max_iters")
+    __slots__ = ("start_iteration", "num_iterations", "params", "num_groups", "values", "generation", "waits_for_epoch", "max_iters", "incarnation")
     START_ITERATION_FIELD_NUMBER: _ClassVar[int]
     NUM_ITERATIONS_FIELD_NUMBER: _ClassVar[int]
     PARAMS_FIELD_NUMBER: _ClassVar[int]
@@ -105,6 +120,7 @@ class Plan(_message.Message):
     GENERATION_FIELD_NUMBER: _ClassVar[int]
     WAITS_FOR_EPOCH_FIELD_NUMBER: _ClassVar[int]
     MAX_ITERS_FIELD_NUMBER: _ClassVar[int]
+    INCARNATION_FIELD_NUMBER: _ClassVar[int]
     start_iteration: int
     num_iterations: int
     params: _containers.RepeatedScalarFieldContainer[str]
@@ -113,31 +129,38 @@ class Plan(_message.Message):
     generation: int
     waits_for_epoch: int
     max_iters: int
-    def __init__(self, start_iteration: _Optional[int] = ..., num_iterations: _Optional[int] = ..., params: _Optional[_Iterable[str]] = ..., num_groups: _Optional[int] = ..., values: _Optional[_Iterable[float]] = ..., generation: _Optional[int] = ..., waits_for_epoch: _Optional[int] = ..., max_iters: _Optional[int] = ...) -> None: ...
+    incarnation: str
+    def __init__(self, start_iteration: _Optional[int] = ..., num_iterations: _Optional[int] = ..., params: _Optional[_Iterable[str]] = ..., num_groups: _Optional[int] = ..., values: _Optional[_Iterable[float]] = ..., generation: _Optional[int] = ..., waits_for_epoch: _Optional[int] = ..., max_iters: _Optional[int] = ..., incarnation: _Optional[str] = ...) -> None: ...
 
 class AttachJobRequest(_message.Message):
-    __slots__ = ("job_id", "spec", "world_size", "rank", "plan_size")
+    __slots__ = ("job_id", "spec", "world_size", "rank", "plan_size", "run_id", "start_over")
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     SPEC_FIELD_NUMBER: _ClassVar[int]
     WORLD_SIZE_FIELD_NUMBER: _ClassVar[int]
     RANK_FIELD_NUMBER: _ClassVar[int]
     PLAN_SIZE_FIELD_NUMBER: _ClassVar[int]
+    RUN_ID_FIELD_NUMBER: _ClassVar[int]
+    START_OVER_FIELD_NUMBER: _ClassVar[int]
     job_id: str
     spec: JobSpec
     world_size: int
     rank: int
     plan_size: int
-    def __init__(self, job_id: _Optional[str] = ..., spec: _Optional[_Union[JobSpec, _Mapping]] = ..., world_size: _Optional[int] = ..., rank: _Optional[int] = ..., plan_size: _Optional[int] = ...) -> None: ...
+    run_id: str
+    start_over: bool
+    def __init__(self, job_id: _Optional[str] = ..., spec: _Optional[_Union[JobSpec, _Mapping]] = ..., world_size: _Optional[int] = ..., rank: _Optional[int] = ..., plan_size: _Optional[int] = ..., run_id: _Optional[str] = ..., start_over: _Optional[bool] = ...) -> None: ...
 
 class AttachJobResponse(_message.Message):
-    __slots__ = ("job", "created", "plan")
+    __slots__ = ("job", "created", "plan", "resume_required")
     JOB_FIELD_NUMBER: _ClassVar[int]
     CREATED_FIELD_NUMBER: _ClassVar[int]
     PLAN_FIELD_NUMBER: _ClassVar[int]
+    RESUME_REQUIRED_FIELD_NUMBER: _ClassVar[int]
     job: Job
     created: bool
     plan: Plan
-    def __init__(self, job: _Optional[_Union[Job, _Mapping]] = ..., created: _Optional[bool] = ..., plan: _Optional[_Union[Plan, _Mapping]] = ...) -> None: ...
+    resume_required: bool
+    def __init__(self, job: _Optional[_Union[Job, _Mapping]] = ..., created: _Optional[bool] = ..., plan: _Optional[_Union[Plan, _Mapping]] = ..., resume_required: _Optional[bool] = ...) -> None: ...
 
 class GetJobRequest(_message.Message):
     __slots__ = ("job_id",)
@@ -182,7 +205,7 @@ class DeleteJobResponse(_message.Message):
     def __init__(self, deleted: _Optional[bool] = ...) -> None: ...
 
 class ReportProgressRequest(_message.Message):
-    __slots__ = ("job_id", "generation", "rank", "iteration", "epoch_end", "metrics", "has_metrics", "plan_size")
+    __slots__ = ("job_id", "generation", "rank", "iteration", "epoch_end", "metrics", "has_metrics", "plan_size", "incarnation")
     class MetricsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -198,6 +221,7 @@ class ReportProgressRequest(_message.Message):
     METRICS_FIELD_NUMBER: _ClassVar[int]
     HAS_METRICS_FIELD_NUMBER: _ClassVar[int]
     PLAN_SIZE_FIELD_NUMBER: _ClassVar[int]
+    INCARNATION_FIELD_NUMBER: _ClassVar[int]
     job_id: str
     generation: int
     rank: int
@@ -206,7 +230,8 @@ class ReportProgressRequest(_message.Message):
     metrics: _containers.ScalarMap[str, float]
     has_metrics: bool
     plan_size: int
-    def __init__(self, job_id: _Optional[str] = ..., generation: _Optional[int] = ..., rank: _Optional[int] = ..., iteration: _Optional[int] = ..., epoch_end: _Optional[int] = ..., metrics: _Optional[_Mapping[str, float]] = ..., has_metrics: _Optional[bool] = ..., plan_size: _Optional[int] = ...) -> None: ...
+    incarnation: str
+    def __init__(self, job_id: _Optional[str] = ..., generation: _Optional[int] = ..., rank: _Optional[int] = ..., iteration: _Optional[int] = ..., epoch_end: _Optional[int] = ..., metrics: _Optional[_Mapping[str, float]] = ..., has_metrics: _Optional[bool] = ..., plan_size: _Optional[int] = ..., incarnation: _Optional[str] = ...) -> None: ...
 
 class ReportProgressResponse(_message.Message):
     __slots__ = ("plan",)
@@ -231,14 +256,16 @@ class GetValuesResponse(_message.Message):
     def __init__(self, plan: _Optional[_Union[Plan, _Mapping]] = ...) -> None: ...
 
 class GetStateRequest(_message.Message):
-    __slots__ = ("job_id", "iteration", "generation")
+    __slots__ = ("job_id", "iteration", "generation", "incarnation")
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     ITERATION_FIELD_NUMBER: _ClassVar[int]
     GENERATION_FIELD_NUMBER: _ClassVar[int]
+    INCARNATION_FIELD_NUMBER: _ClassVar[int]
     job_id: str
     iteration: int
     generation: int
-    def __init__(self, job_id: _Optional[str] = ..., iteration: _Optional[int] = ..., generation: _Optional[int] = ...) -> None: ...
+    incarnation: str
+    def __init__(self, job_id: _Optional[str] = ..., iteration: _Optional[int] = ..., generation: _Optional[int] = ..., incarnation: _Optional[str] = ...) -> None: ...
 
 class GetStateResponse(_message.Message):
     __slots__ = ("state_json",)
@@ -247,14 +274,24 @@ class GetStateResponse(_message.Message):
     def __init__(self, state_json: _Optional[str] = ...) -> None: ...
 
 class LoadStateRequest(_message.Message):
-    __slots__ = ("job_id", "state_json", "plan_size")
+    __slots__ = ("job_id", "state_json", "plan_size", "run_id", "world_size", "rank", "fork", "allow_unsigned")
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     STATE_JSON_FIELD_NUMBER: _ClassVar[int]
     PLAN_SIZE_FIELD_NUMBER: _ClassVar[int]
+    RUN_ID_FIELD_NUMBER: _ClassVar[int]
+    WORLD_SIZE_FIELD_NUMBER: _ClassVar[int]
+    RANK_FIELD_NUMBER: _ClassVar[int]
+    FORK_FIELD_NUMBER: _ClassVar[int]
+    ALLOW_UNSIGNED_FIELD_NUMBER: _ClassVar[int]
     job_id: str
     state_json: str
     plan_size: int
-    def __init__(self, job_id: _Optional[str] = ..., state_json: _Optional[str] = ..., plan_size: _Optional[int] = ...) -> None: ...
+    run_id: str
+    world_size: int
+    rank: int
+    fork: bool
+    allow_unsigned: bool
+    def __init__(self, job_id: _Optional[str] = ..., state_json: _Optional[str] = ..., plan_size: _Optional[int] = ..., run_id: _Optional[str] = ..., world_size: _Optional[int] = ..., rank: _Optional[int] = ..., fork: _Optional[bool] = ..., allow_unsigned: _Optional[bool] = ...) -> None: ...
 
 class LoadStateResponse(_message.Message):
     __slots__ = ("job", "plan", "resumed")

@@ -11,13 +11,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from paramsched.api.v1 import scheduler_pb2 as pb
+from paramsched.client.results import Values
+from paramsched.server.schedules import ConfigError, JobSpec, build_job_spec
 
-from ..schedules import ConfigError, JobSpec, build_job_spec
-from .common import ADAM_BETA2, DEFAULT_BASE, CliError, UsageError, furthest
+from .common import ADAM_BETA2, DEFAULT_BASE, CliError, UsageError
 from .configs import ConfigFile, load_config
-from .curves import Curves, ProgressBar, fetch_values, simulate
-from .session import connect
+from .connect import client_from_args
+from .curves import ProgressBar, simulate
 
 
 # -- plot ----------------------------------------------------------------------------
@@ -25,7 +25,7 @@ from .session import connect
 class Layer:
     """One set of curves in a figure, drawn in each group's colour with this style."""
 
-    curves: Curves
+    curves: Values
     label: str | None  # None: no legend entry
     style: str
     alpha: float
@@ -48,8 +48,11 @@ def figure_class() -> Any:
 
 
 def draw(out: str, layers: Sequence[Layer], *, title: str, epoch_length: int | None,
-         marks: Sequence[tuple[int, str]] = ()) -> None:
-    """One subplot per param, x = iteration (epochs on top), one colour per group."""
+         marks: Sequence[tuple[int, str]] = (), log_y: bool = False) -> Any:
+    """One subplot per param, x = iteration (epochs on top), one colour per group;
+    returns the figure. ``log_y``: a logarithmic value axis (a param whose values are
+    not all positive keeps a linear one). Mark labels sit inside the frame, below its
+    top edge, so neither the frame nor the epoch axis above it cuts them."""
     figure = figure_class()
     params = list(dict.fromkeys(p for layer in layers for p in layer.curves.params))
     if not params:
@@ -57,11 +60,14 @@ def draw(out: str, layers: Sequence[Layer], *, title: str, epoch_length: int | N
     fig = figure(figsize=(9, 1.0 + 2.6 * len(params)), layout="constrained")
     axes = fig.subplots(len(params), 1, sharex=True, squeeze=False)[:, 0]
     for ax, param in zip(axes, params, strict=True):
-        _draw_param(ax, param, layers)
+        _draw_param(ax, param, layers, log_y=log_y)
         for iteration, label in marks:
             ax.axvline(iteration, color="grey", linewidth=0.8, linestyle="--")
             ax.annotate(label, (iteration, 1.0), xycoords=("data", "axes fraction"),
-                        fontsize=8, color="grey", ha="left", va="top")
+                        xytext=(3, -4), textcoords="offset points", fontsize=8, color="grey",
+                        ha="left", va="top", annotation_clip=True,
+                        bbox={"boxstyle": "square,pad=0.1", "fc": "white", "ec": "none",
+                              "alpha": 0.7})
     axes[-1].set_xlabel("iteration")
     if epoch_length:
         top = axes[0].secondary_xaxis(
@@ -72,9 +78,10 @@ def draw(out: str, layers: Sequence[Layer], *, title: str, epoch_length: int | N
         fig.savefig(out, dpi=110)
     except (OSError, ValueError) as exc:
         raise CliError(f"cannot write {out}: {exc}") from None
+    return fig
 
 
-def _draw_param(ax: Any, param: str, layers: Sequence[Layer]) -> None:
+def _draw_param(ax: Any, param: str, layers: Sequence[Layer], *, log_y: bool = False) -> None:
     for layer in layers:
         curves = layer.curves
         if param not in curves.params:
@@ -91,12 +98,19 @@ def _draw_param(ax: Any, param: str, layers: Sequence[Layer]) -> None:
                     label=label, linewidth=1.4)
     ax.set_ylabel(param)
     ax.grid(True, alpha=0.3)
+    if log_y:
+        ys = [y for line in ax.get_lines() for y in line.get_ydata()]
+        if ys and min(ys) > 0:
+            ax.set_yscale("log")
+            ax.set_ylabel(f"{param} (log)")
+        else:
+            ax.set_ylabel(f"{param} (linear: not all > 0)")
     handles, _ = ax.get_legend_handles_labels()
     if len(handles) > 1:
         ax.legend(fontsize=8, loc="best")
 
 
-def write_csv(path: str, curves: Curves, epoch_length: int | None,
+def write_csv(path: str, curves: Values, epoch_length: int | None,
               applied_below: int | None = None) -> None:
     """One row per (iteration, group); floats as ``repr`` so they read back exactly."""
     headers = ["iteration", *(["epoch"] if epoch_length else []), "group", *curves.params]
@@ -171,7 +185,7 @@ def cmd_plot(args: argparse.Namespace) -> int:
         print(f"wrote {args.csv}")
     if args.out:
         draw(args.out, [Layer(curves, "", "-", 1.0)], title=args.title or Path(args.config).name,
-             epoch_length=spec.epoch_length)
+             epoch_length=spec.epoch_length, log_y=args.log_y)
         print(f"wrote {args.out}")
     return 0
 
@@ -180,23 +194,25 @@ def _plot_job(args: argparse.Namespace) -> int:
     """A live job: the applied past solid, the planned future dashed."""
     if args.out:
         figure_class()
-    with connect(args) as session:
-        job: pb.Job = session.call("GetJob", pb.GetJobRequest(job_id=args.job)).job
+    with client_from_args(args) as client:
+        job = client.get_job(args.job)
         total = job.max_iters + 1
-        curves = fetch_values(session, job, 0, total, ProgressBar(total, "fetching"))
-    now = min(furthest(job), job.max_iters)
+        bar = ProgressBar(total, "fetching")
+        curves = client.values(args.job, 0, total, progress=bar.update)
+        bar.close()
+    now = min(job.furthest_iteration, job.max_iters)
     if curves.waits_for_epoch is not None:
         print(f"note: values from iteration {curves.stop} on wait for the validation decision "
               f"of epoch {curves.waits_for_epoch}", file=sys.stderr)
-    epoch_length = job.epoch_length if job.HasField("epoch_length") else None
     if args.csv:
-        write_csv(args.csv, curves, epoch_length, applied_below=now)
+        write_csv(args.csv, curves, job.epoch_length, applied_below=now)
         print(f"wrote {args.csv}")
     if args.out:
         layers = [Layer(curves, "planned", "--", 0.8, start=now)]
         if now > 0:
             layers.insert(0, Layer(curves, "applied", "-", 1.0, stop=now + 1))
         draw(args.out, layers, title=args.title or f"job {args.job} (generation "
-             f"{job.generation})", epoch_length=epoch_length, marks=[(now, "now")])
+             f"{job.generation})", epoch_length=job.epoch_length, marks=[(now, "now")],
+             log_y=args.log_y)
         print(f"wrote {args.out}")
     return 0

@@ -8,25 +8,20 @@ import os
 from collections.abc import Sequence
 from datetime import UTC, datetime
 
-from paramsched.api.v1 import scheduler_pb2 as pb
+from paramsched.client.admin import MAX_PREVIEW_ITERATIONS, MODES
+from paramsched.client.results import GroupValues, JobInfo
 
-from ..schedules import GroupValues
+__all__ = ["MAX_PREVIEW_ITERATIONS", "MODES"]
 
 DEFAULT_TARGET = "127.0.0.1:50051"
 DEFAULT_BASE = {"lr": 0.1, "momentum": 0.9, "weight_decay": 1e-4}
 ADAM_BETA2 = 0.999
-# Iterations per GetValues call / engine chunk: bounded messages, and a progress step.
-VALUES_PER_CALL = 200_000
+# Iterations per engine chunk when plotting a config locally (a progress step).
 ENGINE_CHUNK = 8192
-MAX_PREVIEW_ITERATIONS = 100_000  # the server's limit on RescheduleJob.preview_iterations
 PROGRESS_MIN_ITERATIONS = 50_000
 PARAM_HELP = "a param_groups key: lr, momentum, weight_decay..."
-MODES = {
-    "replace": pb.RescheduleJobRequest.REPLACE,
-    "multiply": pb.RescheduleJobRequest.MULTIPLY,
-    "stretch": pb.RescheduleJobRequest.STRETCH,
-}
-CHANNEL_OPTIONS = [("grpc.max_receive_message_length", 64 * 1024 * 1024)]
+
+
 class UsageError(Exception):
     """Bad input from the user (flags, config files): exit status 2, like argparse."""
 
@@ -122,14 +117,15 @@ def table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     return "\n".join(lines)
 
 
-def furthest(job: pb.Job) -> int:
-    return max((p.iteration for p in job.progress), default=0)
+def plural(count: int, word: str) -> str:
+    """``1 param group``, ``2 param groups``."""
+    return f"{count} {word}" + ("" if count == 1 else "s")
 
 
-def job_length(job: pb.Job) -> str:
+def job_length(job: JobInfo) -> str:
     """Training length; in epochs too for an epoch-based job (a change may make it
     a fractional number of epochs)."""
-    if job.spec.HasField("max_epochs") and job.epoch_length:
+    if job.epoch_based and job.epoch_length:
         return (f"{job.max_iters} iterations ({job.max_iters / job.epoch_length:g} epochs "
                 f"of {job.epoch_length})")
     return f"{job.max_iters} iterations"

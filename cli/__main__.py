@@ -1,0 +1,7 @@
+"""``python -m paramsched.cli``: the ``paramsched`` command."""
+
+import sys
+
+from . import main
+
+sys.exit(main())
