@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import math
+import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
@@ -418,8 +419,10 @@ class AdminMixin:
         preview_iterations = max(1, min(MAX_PREVIEW_ITERATIONS, preview_iterations))
         what = f"{change.action} on job {change.job_id!r}"
         try:
-            reply = self._admin_call("RescheduleJob", change.to_request(preview_iterations),
-                                     what)
+            request = change.to_request(preview_iterations)
+            if not change.dry_run:  # one id per change, kept across the retries of this call
+                request.request_id = uuid.uuid4().hex
+            reply = self._admin_call("RescheduleJob", request, what)
         except InvalidArgumentError as exc:
             if change.from_iteration is None and "from_iteration" in str(exc):
                 latest = self.get_job(change.job_id)

@@ -61,6 +61,8 @@ class ServerConfig:
     host: str = "127.0.0.1"
     port: int = 50051
     redis_url: str | None = None
+    redis_wait_replicas: int | None = None  # None: 1 when the Redis master has replicas
+    redis_wait_timeout: float = 1.0
     data_dir: str | Path | None = None
     plan_size: int = 256
     grace_seconds: float = 10.0
@@ -148,7 +150,9 @@ async def build_parts(config: ServerConfig) -> RunningParts:
             "\"secret\": \"<32+ random characters>\"}]}; see deploy/DEPLOYING.md")
     credentials = server_credentials(config)
     metrics = Metrics()
-    store = open_store(config.redis_url, data_dir)
+    store = open_store(config.redis_url, data_dir,
+                       redis_wait_replicas=config.redis_wait_replicas,
+                       redis_wait_timeout=config.redis_wait_timeout)
     service = SchedulerService(InstrumentedStore(store, metrics),
                                default_plan_size=config.plan_size, events=metrics,
                                state_keys=state_keys, auth_enabled=tokens.enabled)
@@ -225,6 +229,8 @@ async def serve(config: ServerConfig) -> None:
 
 def _redact(url: str | None) -> str:
     """Hide a password in a Redis URL before logging it."""
+    if url and "?" in url:  # a sentinel URL's sentinel_password travels in the query
+        url = url.split("?", 1)[0] + "?***"
     if not url or "@" not in url:
         return url or ""
     scheme, _, rest = url.partition("://")
@@ -272,6 +278,15 @@ def make_parser() -> argparse.ArgumentParser:
     serve_p.add_argument("--redis-url", default=_env("REDIS_URL"),
                          help="Redis URL; without it the embedded store is used "
                               "(env PARAMSCHED_REDIS_URL)")
+    serve_p.add_argument("--redis-wait-replicas", type=int,
+                         default=int(_env("REDIS_WAIT_REPLICAS") or -1),
+                         help="replicas that must confirm each write (Redis WAIT) before it is "
+                              "acknowledged (env PARAMSCHED_REDIS_WAIT_REPLICAS; default 1 "
+                              "when the master has replicas, else 0)")
+    serve_p.add_argument("--redis-wait-timeout", type=float,
+                         default=float(_env("REDIS_WAIT_TIMEOUT") or 1.0),
+                         help="seconds to wait for them; unconfirmed writes answer "
+                              "UNAVAILABLE (env PARAMSCHED_REDIS_WAIT_TIMEOUT; default 1)")
     serve_p.add_argument("--data-dir", default=_env("DATA_DIR"),
                          help="embedded store folder (env PARAMSCHED_DATA_DIR; default "
                               f"{default_data_dir()})")
@@ -317,6 +332,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "serve":
         config = ServerConfig(
             host=args.host, port=args.port, redis_url=args.redis_url, data_dir=args.data_dir,
+            redis_wait_replicas=(None if args.redis_wait_replicas < 0
+                                 else args.redis_wait_replicas),
+            redis_wait_timeout=args.redis_wait_timeout,
             plan_size=args.plan_size, tokens_file=args.tokens_file,
             tokens_inline=os.environ.get("PARAMSCHED_TOKENS"), tls_cert=args.tls_cert,
             tls_key=args.tls_key, tls_client_ca=args.tls_client_ca,

@@ -161,6 +161,8 @@ def _train(args: argparse.Namespace, recorder: Recorder) -> None:
     from paramsched.client import ScheduleHandle, StaleGenerationError
 
     rank, world = args.rank, args.world_size
+    if not args.ddp:  # the rank processes of one harness launch are one run
+        os.environ.setdefault("PARAMSCHED_RUN_ID", f"faults-{args.job}")
     recorder.write("imported")
     if args.ddp:
         dist.init_process_group("gloo", init_method=args.ddp, rank=rank, world_size=world)

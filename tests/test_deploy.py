@@ -39,6 +39,7 @@ from yamllint.config import YamlLintConfig
 
 from paramsched.server.app import make_parser
 from paramsched.server.auth import TokenRegistry
+from paramsched.server.service.signing import StateKeys
 
 ROOT = Path(__file__).resolve().parents[1]
 DEPLOY = ROOT / "deploy"
@@ -253,7 +254,8 @@ def test_the_server_runs_exactly_as_the_container_runs_it(runtime: Stage, tmp_pa
                                  timeout=float(options["timeout"].rstrip("s")) + 10)  # fmt: skip
         assert checked.returncode == 0, checked.stdout + checked.stderr
         assert "SERVING" in checked.stdout
-        assert (data_dir / "paramsched.sqlite3").exists()  # the embedded store, in /data
+        # The embedded store, in /data (its private subfolder: the dir is readable by others).
+        assert list(data_dir.glob("**/paramsched.sqlite3"))
         assert f"listening on 0.0.0.0:{port}" in log_path.read_text()
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(30) == 0, log_path.read_text()
@@ -416,16 +418,22 @@ def test_the_deployment_agrees_with_its_services_configmap_and_secret(
     for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
         assert server[probe]["grpc"]["port"] == grpc_port, probe
 
-    # The tokens Secret is mounted where PARAMSCHED_TOKENS_FILE points.
+    # The tokens and state-key Secrets are mounted where their variables point.
     volumes = {v["name"]: v for v in pod_spec(deployment)["volumes"]}
     mounts = {m["name"]: m for m in server["volumeMounts"]}
-    (tokens_volume,) = [v for v in volumes.values() if "secret" in v]
-    secret = k8s["Secret", tokens_volume["secret"]["secretName"]]
-    items = {i["key"]: i["path"] for i in tokens_volume["secret"]["items"]}
-    assert set(items) <= set(secret["stringData"])
-    tokens_files = {f"{mounts[tokens_volume['name']]['mountPath']}/{p}" for p in items.values()}
-    assert config["PARAMSCHED_TOKENS_FILE"] in tokens_files
-    assert mounts[tokens_volume["name"]]["readOnly"] is True
+    files: dict[str, str] = {}
+    for volume in (v for v in volumes.values() if "secret" in v):
+        secret = k8s["Secret", volume["secret"]["secretName"]]
+        items = {i["key"]: i["path"] for i in volume["secret"]["items"]}
+        assert set(items) <= set(secret["stringData"])
+        assert mounts[volume["name"]]["readOnly"] is True
+        for key, path in items.items():
+            files[f"{mounts[volume['name']]['mountPath']}/{path}"] = secret["stringData"][key]
+    assert config["PARAMSCHED_TOKENS_FILE"] in files
+    # With tokens the server needs checkpoint keys; the placeholder is a valid key file.
+    keys = json.loads(files[config["PARAMSCHED_STATE_KEY_FILE"]])
+    StateKeys.from_document(keys, "state-keys.json")
+    assert all("REPLACE-ME" in k["secret"] for k in keys["keys"])
     assert set(mounts) == set(volumes)
 
     # Services: the headless one for client-side balancing, the metrics one.

@@ -57,7 +57,9 @@ ALLOWED = {
     grpc.StatusCode.INVALID_ARGUMENT,
     grpc.StatusCode.NOT_FOUND,
     grpc.StatusCode.ALREADY_EXISTS,
-    grpc.StatusCode.FAILED_PRECONDITION,
+    grpc.StatusCode.FAILED_PRECONDITION,  # fenced: a stale generation or incarnation
+    grpc.StatusCode.ABORTED,  # the job changed meanwhile: retry
+    grpc.StatusCode.OUT_OF_RANGE,  # a change before the issued frontier
     grpc.StatusCode.RESOURCE_EXHAUSTED,
 }
 MAX_MESSAGE_BYTES = 64 * 1024  # small, so that oversized requests are cheap to make
@@ -221,12 +223,18 @@ def metrics_maps() -> st.SearchStrategy[dict[str, float]]:
 @st.composite
 def states(draw: st.DrawFn, real: dict[str, str]) -> str:
     """state_json: a real checkpoint of a seed with one part broken, or anything."""
-    kind = draw(st.integers(0, 3))
+    kind = draw(st.integers(0, 4))
     if kind == 0:
         return draw(odd_configs())
-    state = json.loads(real[draw(st.sampled_from(sorted(real)))])
-    key = draw(st.sampled_from(["format", "job_id", "generation", "iteration", "spec",
-                                "decisions", "overrides", "audit", "extra"]))
+    envelope = json.loads(real[draw(st.sampled_from(sorted(real)))])
+    if kind == 4:  # the envelope itself: format, signature, key id
+        key = draw(st.sampled_from(["format", "payload", "key_id", "signature", "extra"]))
+        envelope[key] = draw(JSON_VALUES)
+        return json.dumps(envelope)
+    state = json.loads(envelope["payload"])
+    key = draw(st.sampled_from(["job_id", "incarnation", "generation", "iteration", "spec",
+                                "decisions", "changes", "audit", "run_id", "saved_at",
+                                "extra"]))
     if kind == 1:
         state.pop(key, None)
     elif key == "iteration":
@@ -235,7 +243,8 @@ def states(draw: st.DrawFn, real: dict[str, str]) -> str:
         state[key] = draw(st.one_of(JSON_VALUES, st.just({"param_scheduler": []})))
     else:
         state[key] = draw(JSON_VALUES)
-    return json.dumps(state)
+    envelope["payload"] = json.dumps(state)
+    return json.dumps(envelope)
 
 
 def either(draw: st.DrawFn, plausible: st.SearchStrategy[Any],
@@ -514,7 +523,9 @@ class Fuzzed:
             state = self.stub.GetState(pb.GetStateRequest(job_id=job_id,
                                                           iteration=job.max_iters))
             history = self.stub.GetJobHistory(pb.GetJobHistoryRequest(job_id=job_id))
-            out += [job, state.state_json, list(history.entries)]
+            payload = json.loads(json.loads(state.state_json)["payload"])
+            payload.pop("saved_at")  # the time of this GetState, not stored state
+            out += [job, payload, list(history.entries)]
         return out
 
     def check(self, method: str, request: Message | bytes, metadata: Metadata) -> None:

@@ -592,3 +592,20 @@ def test_fuzzed_reschedules_are_refused_cleanly_or_apply(fuzz_server: Any, data:
         assert exc.code() in DOCUMENTED | {grpc.StatusCode.ABORTED}, exc.details()
         after = stub.GetJob(pb.GetJobRequest(job_id="fuzz")).job
         assert after.num_changes == before.num_changes
+
+
+@pytest.mark.timeout(120)
+def test_the_bounds_check_costs_the_changed_range_not_the_jobs_length(tmp_path: Path):
+    with serving(data_dir=tmp_path / "d", plan_size=8) as (_, stub):
+        spec = spec_proto([dict(type="LinearLR", start_factor=0.5, by_epoch=False, end=10)],
+                          epoch_length=None, max_epochs=None, max_iters=10**9)
+        spec.bounds["lr"].max = 0.2
+        stub.AttachJob(pb.AttachJobRequest(job_id="long", spec=spec, run_id="r"))
+        applied = stub.RescheduleJob(pb.RescheduleJobRequest(
+            job_id="long", start_values={"lr": 0.15}, action="set"))  # 10^9 iterations held
+        assert applied.applied
+        decay = [dict(type="LinearLR", start_factor=1.0, end_factor=0.5, by_epoch=False,
+                      end=1000)]
+        error = refused(lambda: stub.RescheduleJob(pb.RescheduleJobRequest(
+            job_id="long", param_scheduler_json=json.dumps(decay), start_values={"lr": 0.5})))
+        assert error.code() == grpc.StatusCode.INVALID_ARGUMENT and "bounds.lr" in error.details()

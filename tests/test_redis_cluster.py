@@ -11,7 +11,6 @@ them, the index in its own slot) and a multi-rank job through a real
 from __future__ import annotations
 
 import asyncio
-import json
 import socket
 import threading
 from collections.abc import Callable, Iterator
@@ -32,7 +31,7 @@ from paramsched.server.store.redis_store import cluster_url
 import test_store_contract as contract
 from process_harness import ServerProcess
 from redis_cluster_harness import RedisCluster
-from test_service_grpc import PLATEAU, decode, engine_values, spec_proto
+from test_service_grpc import PLATEAU, decode, engine_values, payload_of, spec_proto
 
 Opener = Callable[[], JobStore]
 
@@ -149,7 +148,7 @@ def test_more_concurrent_calls_than_connections_wait_instead_of_failing(
     store = RedisJobStore(redis_cluster_url, max_connections=4)
 
     async def scenario() -> None:
-        await store.create(contract.make_record("job-a"))
+        await store.create(contract.make_record("job-a", world_size=8))
         await asyncio.gather(*(
             store.report("job-a", generation=1, rank=i % 8, iteration=i) for i in range(200)
         ))  # fmt: skip
@@ -228,7 +227,7 @@ def test_a_four_rank_job_on_a_server_backed_by_the_cluster(
 
         channel = grpc.insecure_channel(server.target)
         stub = pb_grpc.SchedulerServiceStub(channel)
-        state = json.loads(stub.GetState(
+        state = payload_of(stub.GetState(
             pb.GetStateRequest(job_id="multi-rank", iteration=20)).state_json)  # fmt: skip
         decisions = {int(k): v for k, v in state["decisions"].items()}
         assert {0, 1, 2} <= set(decisions)  # the last epoch end changes no value

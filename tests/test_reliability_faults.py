@@ -132,7 +132,8 @@ def _state(target: str, job: str) -> dict[str, Any]:
     with grpc.insecure_channel(target) as channel:
         reply = pb_grpc.SchedulerServiceStub(channel).GetState(
             pb.GetStateRequest(job_id=job, iteration=MAX_ITERS), timeout=10)
-    state: dict[str, Any] = json.loads(reply.state_json)
+    state: dict[str, Any] = json.loads(json.loads(reply.state_json)["payload"])
+    state.pop("saved_at")  # when GetState ran, not the job's state
     return state
 
 
@@ -397,7 +398,7 @@ def test_checkpoint_of_a_rank_fenced_by_a_rejoin_keeps_its_decisions(tmp_path: P
             late = handles[0].state_dict()
         except StaleGenerationError:
             return  # fenced: the rank learns it must rejoin, no checkpoint is written
-        state = json.loads(late["state_json"])
+        state = json.loads(json.loads(late["state_json"])["payload"])
         decided = sorted(int(e) for e in state["decisions"])
         assert late["iteration"] == until
         assert decided == list(range(until // EPOCH_LENGTH)), (

@@ -14,7 +14,6 @@ the decisions the job recorded (GetState's decisions, the first writer's metrics
 from __future__ import annotations
 
 import asyncio
-import json
 import random
 import time
 from collections.abc import Iterator
@@ -30,7 +29,7 @@ from paramsched.api.v1 import scheduler_pb2_grpc as pb_grpc
 from grpc_harness import InProcessServer
 from process_harness import ServerProcess
 from redis_harness import RedisServer
-from test_service_grpc import decode, engine_values, spec_proto
+from test_service_grpc import decode, engine_values, payload_of, spec_proto
 
 SGD = [
     {"lr": 0.1, "momentum": 0.9, "weight_decay": 1e-4},
@@ -240,7 +239,7 @@ def test_256_ranks_over_16_jobs_on_two_servers_see_identical_engine_values(
                         f"{case.job_id} iteration {iteration}: rank {rank} got {values}, "
                         f"rank {first_rank} got {first}")
             # ... equal to the engine's, given the decisions the job recorded.
-            state = json.loads(stub.GetState(pb.GetStateRequest(
+            state = payload_of(stub.GetState(pb.GetStateRequest(
                 job_id=case.job_id, iteration=case.max_iters)).state_json)
             decisions = {int(e): m for e, m in state["decisions"].items()}
             expected = engine_values(case.cfg, case.groups, decisions, **case.loop)

@@ -168,7 +168,7 @@ def test_too_early_is_refused_with_the_earliest_iteration(stub: pb_grpc.Schedule
                                                  plan_size=10))  # hands out up to 12
     with pytest.raises(grpc.RpcError) as info:
         stub.RescheduleJob(Req(job_id="j", from_iteration=5, start_values={"lr": 0.5}))
-    assert info.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert info.value.code() == grpc.StatusCode.OUT_OF_RANGE
     assert "earliest iteration a change can take effect is 13" in info.value.details()
     assert stub.GetJob(pb.GetJobRequest(job_id="j")).job.num_changes == 0
 
@@ -199,7 +199,7 @@ def test_guardrails_bounds_and_jumps(stub: pb_grpc.SchedulerServiceStub):
     assert "bounds.lr" in info.value.details()
     with pytest.raises(grpc.RpcError) as info:
         stub.RescheduleJob(Req(job_id="j", from_iteration=10, start_values={"lr": 0.001}))
-    assert info.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "max_jump_factor" in info.value.details() and "force" in info.value.details()
     assert stub.GetJob(pb.GetJobRequest(job_id="j")).job.num_changes == 0
     forced = stub.RescheduleJob(Req(job_id="j", from_iteration=10, start_values={"lr": 0.001},
@@ -231,7 +231,7 @@ def test_audit_trail_survives_restart_and_travels_with_the_checkpoint(tmp_path: 
         assert [dict(g.values) for g in entries[0].after] == [{"lr": 0.05}, {"lr": 0.05}]
         expected = values(stub)
         state = stub.GetState(pb.GetStateRequest(job_id="j", iteration=12)).state_json
-        assert json.loads(state)["audit"][0]["action"] == "set"
+        assert json.loads(json.loads(state)["payload"])["audit"][0]["action"] == "set"
     with serving(data_dir=tmp_path / "b") as (_, stub):  # a fresh, empty store
         loaded = stub.LoadState(pb.LoadStateRequest(job_id="j", state_json=state))
         assert loaded.job.num_changes == 1

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import time
@@ -16,7 +15,14 @@ from paramsched.api.v1 import scheduler_pb2_grpc as pb_grpc
 
 from process_harness import PARAMSCHED, ServerProcess
 from redis_harness import RedisServer
-from test_service_grpc import PLATEAU, WARMUP_COSINE, decode, engine_values, spec_proto
+from test_service_grpc import (
+    PLATEAU,
+    WARMUP_COSINE,
+    decode,
+    engine_values,
+    payload_of,
+    spec_proto,
+)
 
 
 def stub_for(server: ServerProcess) -> tuple[grpc.Channel, pb_grpc.SchedulerServiceStub]:
@@ -148,7 +154,7 @@ def test_redis_restart_with_aof_loses_nothing(tmp_path: Path):
         redis.start()
         job = stub.GetJob(pb.GetJobRequest(job_id="j"), timeout=20).job
         assert [(p.rank, p.iteration) for p in job.progress] == [(0, 0), (1, 5)]
-        state = json.loads(stub.GetState(pb.GetStateRequest(job_id="j", iteration=5)).state_json)
+        state = payload_of(stub.GetState(pb.GetStateRequest(job_id="j", iteration=5)).state_json)
         assert state["decisions"] == {"0": {"loss": 0.5}}
         channel.close()
     finally:

@@ -274,7 +274,7 @@ class SchedulerServicer(pb_grpc.SchedulerServiceServicer):
         result = await self.service.reschedule(
             request.job_id, change, dry_run=request.dry_run, force=request.force,
             action=request.action or "reschedule", reason=request.reason,
-            preview=request.preview_iterations or 100)
+            preview=request.preview_iterations or 100, request_id=request.request_id)
         response = pb.RescheduleJobResponse(
             job=job_to_proto(result.view), from_iteration=result.from_iteration,
             before=plan_to_proto(result.before), after=plan_to_proto(result.after),

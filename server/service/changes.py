@@ -56,14 +56,35 @@ def check_guardrails(spec: JobSpec, after: Schedule, override: Any, result: Resc
                         f"{jump:.3g}x beyond max_jump_factor={spec.max_jump_factor}; "
                         "repeat with force to apply it", field="force")
 
+def changing_until(override: Any, after: Schedule) -> int:
+    """The iteration after which a change's values stay as they are (exclusive): for a
+    ``replace`` change, one epoch past the end of its last scheduler's window (values
+    are held after it); other modes follow the curve beneath to the end of training."""
+    end_of_training = after.max_iters + 1
+    if override.mode != "replace" or override.timeline is None:
+        return end_of_training
+    sub = override.timeline.spec
+    length = sub.epoch_length or 1
+    last = 0.0
+    for scheduler in sub.schedulers:
+        end = scheduler.end * length if scheduler.by_epoch else scheduler.end
+        if not math.isfinite(end):
+            return end_of_training
+        last = max(last, float(end))
+    return min(end_of_training, override.start + math.ceil(last) + length + 1)
+
+
 def check_bounds(spec: JobSpec, after: Schedule, override: Any, decisions: Any) -> None:
+    """Every value the change produces is within the bounds. It costs the range where
+    the change's values move, not the job's length: past it they are held."""
     bounds = {p: (lo, hi) for p, lo, hi in spec.bounds}
     watched = [p for p in override.params if p in bounds]
     if not watched:
         return
     chunk = 65_536
-    for start in range(override.start, after.max_iters + 1, chunk):
-        values = after.values_range(start, start + chunk, decisions)
+    stop = changing_until(override, after)
+    for start in range(override.start, stop, chunk):
+        values = after.values_range(start, min(start + chunk, stop), decisions)
         for offset, step in enumerate(values):
             for g in override.groups:
                 for p in watched:
@@ -74,5 +95,5 @@ def check_bounds(spec: JobSpec, after: Schedule, override: Any, decisions: Any) 
                             f"the change takes {p} of group {g} to {v!r} at iteration "
                             f"{start + offset}, outside the job's bounds [{lo}, {hi}]",
                             field=f"bounds.{p}")
-        if len(values) < chunk:
+        if len(values) < min(chunk, stop - start):
             return

@@ -757,10 +757,17 @@ class SchedulerService:
         action: str = "reschedule",
         reason: str = "",
         preview: int = 100,
+        request_id: str = "",
     ) -> RescheduleResult:
         """Change a job's schedule from ``change["from_iteration"]`` (default: the earliest
-        iteration no plan covers) for every rank. See ``schedules.reschedule``."""
+        iteration no plan covers) for every rank. See ``schedules.reschedule``.
+
+        ``request_id`` makes the change idempotent: a change of this job whose audit entry
+        carries the same id was applied already (a retry after UNAVAILABLE or a lost
+        reply), so it is answered again instead of applied twice."""
         check_job_id(job_id)
+        if not isinstance(request_id, str) or len(request_id) > 128:
+            raise InvalidArgument("must be at most 128 characters", field="request_id")
         if not 0 < preview <= 100_000:
             raise InvalidArgument("must be in [1, 100000]", field="preview_iterations")
         if not ACTION_PATTERN.fullmatch(action or "reschedule"):
@@ -772,6 +779,15 @@ class SchedulerService:
         for _attempt in range(5):
             record = await self._get_record(job_id)
             entry = self._loaded(record)
+            if request_id and not dry_run:
+                done = await self._applied_change(job_id, request_id)
+                if done is not None:
+                    empty = plan_of(entry.spec, entry.schedule, int(done["iteration"]),
+                                    int(done["iteration"]), [], record.generation,
+                                    record.incarnation)
+                    return RescheduleResult(JobView.of(record, entry), int(done["iteration"]),
+                                            empty, empty, True, done,
+                                            done.get("before") or [], done.get("after") or [])
             data = dict(change)
             earliest = max([record.issued_until] + [o.start for o in entry.schedule.overrides])
             if data.get("from_iteration") is None:
@@ -808,6 +824,8 @@ class SchedulerService:
             audit = self._audit_entry(action or "reschedule", override.start, record.generation,
                                       details=data, reason=reason,
                                       before=result.before_at, after=result.after_at)
+            if request_id:
+                audit["request_id"] = request_id
             if dry_run:
                 return result
             try:
@@ -830,6 +848,15 @@ class SchedulerService:
                                     result.before, result.after, True, audit,
                                     result.before_at, result.after_at)
         raise Aborted(f"job {job_id!r} kept changing while the change was computed; try again")
+
+    async def _applied_change(self, job_id: str, request_id: str) -> dict[str, Any] | None:
+        """The audit entry of the change ``request_id`` applied to the job, if any."""
+        with store_errors():
+            trail = await self.store.audit(job_id)
+        for item in reversed(trail):
+            if item.get("request_id") == request_id:
+                return item
+        return None
 
     async def history(self, job_id: str) -> JsonObjects:
         """A job id's audit trail (it outlives the job)."""

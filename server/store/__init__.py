@@ -47,8 +47,14 @@ __all__ = [
 ]
 
 
-def open_store(redis_url: str | None, data_dir: str | Path) -> JobStore:
-    """The Redis store when a URL is given, else the embedded store in ``data_dir``."""
+def open_store(redis_url: str | None, data_dir: str | Path, *,
+               redis_wait_replicas: int | None = None,
+               redis_wait_timeout: float = 1.0) -> JobStore:
+    """The Redis store when a URL is given, else the embedded store in ``data_dir``.
+
+    ``redis_wait_replicas``/``redis_wait_timeout``: the replicas each write waits for
+    (``RedisJobStore``'s ``wait_replicas``; None: 1 when the master has replicas)."""
     if redis_url:
-        return RedisJobStore(redis_url)
+        return RedisJobStore(redis_url, wait_replicas=redis_wait_replicas,
+                             wait_timeout=redis_wait_timeout)
     return EmbeddedJobStore(data_dir)

@@ -42,20 +42,44 @@ is a single key, so ZADD/ZREM/ZRANGEBYLEX go to its own master. ``list`` reads t
 jobs of a page concurrently (a pipeline cannot load scripts across masters). The
 cluster client opens at most ``max_connections`` connections per node and fails
 rather than waits beyond that, so the store bounds its commands in flight instead.
+
+Redis Sentinel: ``redis+sentinel://[user:password@]H:P[,H:P...]/SERVICE[/DB]``
+(``rediss+sentinel://`` with TLS to the sentinels and the master) asks the sentinels
+for the master of ``SERVICE`` (redis-py's ``Sentinel``); a connection that fails, or
+finds a master turned read-only replica, is dropped and the next one asks the
+sentinels again, so after a failover the store follows the new master. The user and
+password in the URL are the master's; the sentinels' own go in the query:
+``?sentinel_username=U&sentinel_password=P``.
+
+Replicas and ``WAIT``: replication is asynchronous, so a master that fails over may take
+its last acknowledged writes with it. After every script that writes (a plan handed out,
+a decision, a change, a resume, a join, a create, a delete), ``WAIT n timeout`` is
+pipelined on the same connection (Redis refuses ``WAIT`` inside a script), and fewer
+than ``n`` confirming replicas is ``StoreUnavailable``: the caller is told to retry
+rather than handed a value a failover could lose. ``wait_replicas=None`` (the default)
+waits for 1 replica whenever the master has one (re-read from ``INFO replication``
+every few seconds) and for none otherwise; an explicit number is required always.
+``WAIT`` does not make Redis strongly consistent: a write can reach a replica that is
+then not the one promoted, or reach the master alone when ``WAIT`` fails and still be
+kept. On a Redis Cluster the scripts are routed per slot and ``WAIT`` is not sent.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import time
 from collections.abc import AsyncIterator, Iterator, Sequence
 from contextlib import asynccontextmanager, contextmanager
+from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import parse_qs, unquote
 
 import redis.asyncio as aioredis
 from redis import exceptions as redis_errors
 from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.retry import Retry
+from redis.asyncio.sentinel import Sentinel, SentinelManagedSSLConnection
 from redis.backoff import ExponentialBackoff
 
 from .base import (
@@ -73,12 +97,17 @@ from .base import (
     canonical_json,
 )
 
-__all__ = ["CLUSTER_SCHEMES", "RedisJobStore", "cluster_url"]
+__all__ = ["CLUSTER_SCHEMES", "SENTINEL_SCHEMES", "RedisJobStore", "SentinelTarget",
+           "cluster_url", "sentinel_target"]
 
 JsonObjects = list[dict[str, Any]]  # (a method named ``list`` shadows the builtin below)
 
 # URL schemes that select Redis Cluster, and the plain scheme redis-py parses instead.
 CLUSTER_SCHEMES = {"redis+cluster": "redis", "rediss+cluster": "rediss"}
+# URL schemes that select Redis Sentinel; the value says whether TLS is used.
+SENTINEL_SCHEMES = {"redis+sentinel": False, "rediss+sentinel": True}
+# How often the default ``wait_replicas`` re-reads whether the master has replicas.
+_AUTO_WAIT_RECHECK_S = 5.0
 
 # A Lua helper prepended to every script that returns a record. KEYS[1..5] are the
 # job, progress, decisions, changes and audit keys. The reply is {fields, spec or
@@ -285,7 +314,8 @@ _UNAVAILABLE_ERRORS: tuple[type[BaseException], ...] = (
     OSError,
 )
 # Redis answers these as plain error replies when it cannot persist or is failing over.
-_UNAVAILABLE_REPLIES = ("MISCONF", "LOADING", "MASTERDOWN", "CLUSTERDOWN", "TRYAGAIN")
+_UNAVAILABLE_REPLIES = ("MISCONF", "LOADING", "MASTERDOWN", "CLUSTERDOWN", "TRYAGAIN",
+                        "NOREPLICAS")
 
 
 @contextmanager
@@ -308,6 +338,54 @@ def cluster_url(url: str) -> str | None:
     scheme, sep, rest = url.partition("://")
     plain = CLUSTER_SCHEMES.get(scheme.lower()) if sep else None
     return f"{plain}://{rest}" if plain else None
+
+
+@dataclass(frozen=True)
+class SentinelTarget:
+    """A parsed ``redis+sentinel://`` URL: where the sentinels are and what to ask them."""
+
+    sentinels: tuple[tuple[str, int], ...]
+    service: str
+    db: int = 0
+    username: str | None = None  # the master's
+    password: str | None = field(default=None, repr=False)
+    sentinel_username: str | None = None
+    sentinel_password: str | None = field(default=None, repr=False)
+    ssl: bool = False
+
+
+def sentinel_target(url: str) -> SentinelTarget | None:
+    """Parse ``redis+sentinel://[u:p@]H:P[,H:P...]/SERVICE[/DB][?sentinel_password=..]``;
+    None if ``url`` is not a sentinel URL. A bad one is ``ValueError`` naming the part."""
+    scheme, sep, rest = url.partition("://")
+    if not sep or scheme.lower() not in SENTINEL_SCHEMES:
+        return None
+    rest, _, query = rest.partition("?")
+    netloc, _, path = rest.partition("/")
+    userinfo, at, hosts = netloc.rpartition("@")
+    username = password = None
+    if at:
+        user, colon, secret = userinfo.partition(":")
+        username = unquote(user) or None
+        password = unquote(secret) if colon else None
+    sentinels: list[tuple[str, int]] = []
+    for item in hosts.split(","):
+        host, colon, port = item.strip().rpartition(":")
+        if not colon or not host or not port.isdigit():
+            raise ValueError(f"sentinel URL: {item!r} is not HOST:PORT")
+        sentinels.append((host.strip("[]"), int(port)))
+    parts = [p for p in path.split("/") if p]
+    if not parts or len(parts) > 2:
+        raise ValueError("sentinel URL: give the service name as the path, /SERVICE[/DB]")
+    if len(parts) == 2 and not parts[1].isdigit():
+        raise ValueError(f"sentinel URL: database {parts[1]!r} is not a number")
+    options = {k: v[-1] for k, v in parse_qs(query).items()}
+    return SentinelTarget(
+        sentinels=tuple(sentinels), service=unquote(parts[0]),
+        db=int(parts[1]) if len(parts) == 2 else 0, username=username, password=password,
+        sentinel_username=options.get("sentinel_username"),
+        sentinel_password=options.get("sentinel_password"),
+        ssl=SENTINEL_SCHEMES[scheme.lower()])
 
 
 def _pairs(mapping: dict[int, Any], encode: Any) -> list[str]:
@@ -373,8 +451,18 @@ class RedisJobStore:
         prefix: str = "paramsched",
         socket_timeout: float = 5.0,
         max_connections: int = 256,
+        wait_replicas: int | None = None,
+        wait_timeout: float = 1.0,
     ) -> None:
+        if wait_replicas is not None and wait_replicas < 0:
+            raise ValueError(f"wait_replicas must be >= 0 or None, got {wait_replicas}")
+        if wait_timeout <= 0:
+            raise ValueError(f"wait_timeout must be > 0 seconds, got {wait_timeout}")
         self.url = url
+        self.wait_replicas = wait_replicas
+        self.wait_timeout = wait_timeout
+        self._auto_replicas = 0
+        self._auto_checked = -1e9
         self.prefix = prefix
         self._index = f"{prefix}:jobs"
         # One quick retry on a fresh connection heals a pooled connection that died
@@ -386,9 +474,20 @@ class RedisJobStore:
             "decode_responses": True,
         }
         plain_url = cluster_url(url)
+        target = sentinel_target(url)
         self.cluster = plain_url is not None
+        self.sentinel: Sentinel | None = None
         self._redis: aioredis.Redis | RedisCluster
-        if plain_url is not None:
+        if target is not None:
+            self.sentinel = self._sentinel(target, options)
+            master_options: dict[str, Any] = {
+                "db": target.db, "username": target.username, "password": target.password,
+                "max_connections": max_connections, **options}
+            if target.ssl:
+                master_options["connection_class"] = SentinelManagedSSLConnection
+            self._redis = self.sentinel.master_for(
+                target.service, redis_class=aioredis.Redis, **master_options)
+        elif plain_url is not None:
             self._redis = RedisCluster.from_url(
                 plain_url, max_connections=max_connections, **options
             )
@@ -409,6 +508,63 @@ class RedisJobStore:
         self._join_script = self._redis.register_script(_JOIN_SCRIPT)
         self._delete_script = self._redis.register_script(_DELETE_SCRIPT)
         self._reschedule_script = self._redis.register_script(_RESCHEDULE_SCRIPT)
+
+    @staticmethod
+    def _sentinel(target: SentinelTarget, options: dict[str, Any]) -> Sentinel:
+        """The sentinels' client: their own credentials, the same timeouts and TLS."""
+        sentinel_options: dict[str, Any] = {
+            "socket_timeout": options["socket_timeout"],
+            "socket_connect_timeout": options["socket_connect_timeout"],
+            "decode_responses": True,
+        }
+        if target.sentinel_username:
+            sentinel_options["username"] = target.sentinel_username
+        if target.sentinel_password:
+            sentinel_options["password"] = target.sentinel_password
+        if target.ssl:
+            sentinel_options["ssl"] = True
+        return Sentinel(list(target.sentinels), sentinel_kwargs=sentinel_options)
+
+    async def _replicas_to_wait_for(self) -> int:
+        """``WAIT``'s count: the explicit one, or 1 while the master has a replica."""
+        if self.cluster:
+            return 0
+        if self.wait_replicas is not None:
+            return self.wait_replicas
+        now = time.monotonic()
+        if now - self._auto_checked >= _AUTO_WAIT_RECHECK_S:
+            self._auto_checked = now
+            info = await self._redis.info("replication")
+            self._auto_replicas = 1 if int(info.get("connected_slaves", 0)) > 0 else 0
+        return self._auto_replicas
+
+    async def _write(self, script: Any, keys: list[str], args: list[str], what: str) -> Any:
+        """Run a writing script, then ``WAIT`` on the same connection in the same
+        round trip; fewer confirming replicas than asked is ``StoreUnavailable``.
+        Call inside ``_backend``."""
+        replicas = await self._replicas_to_wait_for()
+        if replicas == 0:
+            return await script(keys=keys, args=args)
+        timeout_ms = max(1, int(self.wait_timeout * 1000))
+        for _attempt in range(2):
+            async with self._redis.pipeline(transaction=False) as pipe:
+                pipe.evalsha(script.sha, len(keys), *keys, *args)
+                pipe.execute_command("WAIT", replicas, timeout_ms)
+                reply, acked = await pipe.execute(raise_on_error=False)
+            if isinstance(reply, redis_errors.NoScriptError):
+                await self._redis.script_load(script.script)  # the Redis lost its scripts
+                continue
+            if isinstance(reply, Exception):
+                raise reply
+            if isinstance(acked, Exception):
+                raise acked
+            if int(acked) < replicas:
+                self._auto_checked = -1e9  # maybe the replica is gone: look again
+                raise StoreUnavailable(
+                    f"redis: {what} was not confirmed by {replicas} replica(s) within "
+                    f"{self.wait_timeout:g} s (only {acked}); retry")
+            return reply
+        raise StoreError(f"redis error during {what}: script could not be loaded")
 
     @asynccontextmanager
     async def _backend(self, what: str) -> AsyncIterator[None]:
@@ -444,7 +600,8 @@ class RedisJobStore:
             *_children_args(record.progress, record.decisions),
         ]
         async with self._backend("create"):
-            reply = await self._create_script(keys=self.job_keys(record.job_id), args=args)
+            reply = await self._write(self._create_script, self.job_keys(record.job_id), args,
+                                      "create")
             # Also on created=False: a retried create heals a ZADD lost to a crash.
             await self._redis.zadd(self._index, {record.job_id: 0})
         if reply[0] == 1:
@@ -506,7 +663,8 @@ class RedisJobStore:
         """Remove every key of the job but its audit list. Returns whether it existed."""
         entry = canonical_json(audit_entry) if audit_entry is not None else ""
         async with self._backend("delete"):
-            existed = await self._delete_script(keys=self.job_keys(job_id), args=[entry])
+            existed = await self._write(self._delete_script, self.job_keys(job_id), [entry],
+                                        "delete")
             await self._redis.zrem(self._index, job_id)
         return bool(existed)
 
@@ -540,7 +698,13 @@ class RedisJobStore:
             incarnation or "",
         ]
         async with self._backend("report"):
-            reply = await self._report_script(keys=self.job_keys(job_id), args=args)
+            # WAIT only where a plan is handed out or a decision recorded: progress alone
+            # lost to a failover is reported again by the rank.
+            if issue_until > 0 or decision is not None:
+                reply = await self._write(self._report_script, self.job_keys(job_id), args,
+                                          "report")
+            else:
+                reply = await self._report_script(keys=self.job_keys(job_id), args=args)
         status = reply[0]
         if status == "missing":
             raise JobNotFound(job_id)
@@ -566,7 +730,8 @@ class RedisJobStore:
         args = [run_id, str(int(world_size)), str(int(rank)), str(int(issue_until)),
                 canonical_json(audit_entry) if audit_entry is not None else ""]
         async with self._backend("join"):
-            reply = await self._join_script(keys=self.job_keys(job_id), args=args)
+            reply = await self._write(self._join_script, self.job_keys(job_id), args,
+                                      "join")
         status = reply[0]
         if status == "missing":
             raise JobNotFound(job_id)
@@ -619,7 +784,8 @@ class RedisJobStore:
             *_children_args(progress, decisions),
         ]
         async with self._backend("load_state"):
-            reply = await self._load_state_script(keys=self.job_keys(job_id), args=args)
+            reply = await self._write(self._load_state_script, self.job_keys(job_id), args,
+                                      "load_state")
             await self._redis.zadd(self._index, {job_id: 0})
         return _record(job_id, reply[1]), reply[0] == 1
 
@@ -637,7 +803,8 @@ class RedisJobStore:
         args = [str(int(generation)), str(int(expected_changes)), str(start),
                 canonical_json(override), canonical_json(audit_entry)]
         async with self._backend("reschedule"):
-            reply = await self._reschedule_script(keys=self.job_keys(job_id), args=args)
+            reply = await self._write(self._reschedule_script, self.job_keys(job_id), args,
+                                      "reschedule")
         status = reply[0]
         if status == "missing":
             raise JobNotFound(job_id)
@@ -661,6 +828,8 @@ class RedisJobStore:
     async def close(self) -> None:
         """Close the connection pool (a later call would open new connections)."""
         async with self._backend("close"):
+            if self.sentinel is not None:
+                await self.sentinel.aclose()
             if isinstance(self._redis, RedisCluster):
                 await self._redis.aclose()
             else:  # the pool was passed in, so the client would leave it open

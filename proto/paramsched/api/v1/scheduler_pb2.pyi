@@ -379,7 +379,7 @@ class AuditEntry(_message.Message):
     def __init__(self, time: _Optional[float] = ..., principal: _Optional[str] = ..., action: _Optional[str] = ..., iteration: _Optional[int] = ..., generation: _Optional[int] = ..., details_json: _Optional[str] = ..., before: _Optional[_Iterable[_Union[ParamValues, _Mapping]]] = ..., after: _Optional[_Iterable[_Union[ParamValues, _Mapping]]] = ..., reason: _Optional[str] = ...) -> None: ...
 
 class RescheduleJobRequest(_message.Message):
-    __slots__ = ("job_id", "from_iteration", "mode", "param_scheduler_json", "params", "groups", "start_values", "max_iters", "dry_run", "force", "action", "reason", "preview_iterations")
+    __slots__ = ("job_id", "from_iteration", "mode", "param_scheduler_json", "params", "groups", "start_values", "max_iters", "dry_run", "force", "action", "reason", "preview_iterations", "request_id")
     class Mode(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
         __slots__ = ()
         REPLACE: _ClassVar[RescheduleJobRequest.Mode]
@@ -408,6 +408,7 @@ class RescheduleJobRequest(_message.Message):
     ACTION_FIELD_NUMBER: _ClassVar[int]
     REASON_FIELD_NUMBER: _ClassVar[int]
     PREVIEW_ITERATIONS_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     job_id: str
     from_iteration: int
     mode: RescheduleJobRequest.Mode
@@ -421,7 +422,8 @@ class RescheduleJobRequest(_message.Message):
     action: str
     reason: str
     preview_iterations: int
-    def __init__(self, job_id: _Optional[str] = ..., from_iteration: _Optional[int] = ..., mode: _Optional[_Union[RescheduleJobRequest.Mode, str]] = ..., param_scheduler_json: _Optional[str] = ..., params: _Optional[_Iterable[str]] = ..., groups: _Optional[_Iterable[int]] = ..., start_values: _Optional[_Mapping[str, float]] = ..., max_iters: _Optional[int] = ..., dry_run: _Optional[bool] = ..., force: _Optional[bool] = ..., action: _Optional[str] = ..., reason: _Optional[str] = ..., preview_iterations: _Optional[int] = ...) -> None: ...
+    request_id: str
+    def __init__(self, job_id: _Optional[str] = ..., from_iteration: _Optional[int] = ..., mode: _Optional[_Union[RescheduleJobRequest.Mode, str]] = ..., param_scheduler_json: _Optional[str] = ..., params: _Optional[_Iterable[str]] = ..., groups: _Optional[_Iterable[int]] = ..., start_values: _Optional[_Mapping[str, float]] = ..., max_iters: _Optional[int] = ..., dry_run: _Optional[bool] = ..., force: _Optional[bool] = ..., action: _Optional[str] = ..., reason: _Optional[str] = ..., preview_iterations: _Optional[int] = ..., request_id: _Optional[str] = ...) -> None: ...
 
 class RescheduleJobResponse(_message.Message):
     __slots__ = ("job", "from_iteration", "before", "after", "applied", "entry")
