@@ -609,3 +609,73 @@ def test_the_bounds_check_costs_the_changed_range_not_the_jobs_length(tmp_path: 
         error = refused(lambda: stub.RescheduleJob(pb.RescheduleJobRequest(
             job_id="long", param_scheduler_json=json.dumps(decay), start_values={"lr": 0.5})))
         assert error.code() == grpc.StatusCode.INVALID_ARGUMENT and "bounds.lr" in error.details()
+
+
+# -- what earlier versions wrote keeps working -----------------------------------------
+OLD_SCHEMA = """
+CREATE TABLE jobs (job_id TEXT PRIMARY KEY, spec TEXT NOT NULL, spec_hash TEXT NOT NULL,
+    generation INTEGER NOT NULL, version INTEGER NOT NULL, world_size INTEGER NOT NULL,
+    created_at REAL NOT NULL, issued_until INTEGER NOT NULL, resumed_from TEXT NOT NULL
+) WITHOUT ROWID;
+CREATE TABLE progress (job_id TEXT NOT NULL, rank INTEGER NOT NULL,
+    iterations INTEGER NOT NULL, PRIMARY KEY (job_id, rank)) WITHOUT ROWID;
+CREATE TABLE decisions (job_id TEXT NOT NULL, epoch INTEGER NOT NULL, metrics TEXT NOT NULL,
+    PRIMARY KEY (job_id, epoch)) WITHOUT ROWID;
+CREATE TABLE changes (job_id TEXT NOT NULL, seq INTEGER NOT NULL, data TEXT NOT NULL,
+    PRIMARY KEY (job_id, seq)) WITHOUT ROWID;
+CREATE TABLE audit (job_id TEXT NOT NULL, seq INTEGER NOT NULL, entry TEXT NOT NULL,
+    PRIMARY KEY (job_id, seq)) WITHOUT ROWID;
+"""
+
+
+def test_an_embedded_store_of_the_previous_version_is_migrated_in_place(tmp_path: Path):
+    import sqlite3
+
+    from paramsched.server.grpc.servicer import spec_to_dict
+    from paramsched.server.service.inputs import parse_spec
+    from paramsched.server.store import canonical_json, content_hash
+
+    folder = tmp_path / "old"
+    folder.mkdir(mode=0o755)
+    os.chmod(folder, 0o755)  # as the previous version left it
+    spec = parse_spec(spec_to_dict(spec_proto(WARMUP_COSINE)), stored=True).to_dict()
+    with sqlite3.connect(folder / DB_FILENAME) as conn:
+        conn.executescript(OLD_SCHEMA)
+        conn.execute("INSERT INTO jobs VALUES ('j', ?, ?, 1, 3, 0, 1.0, 8, '')",
+                     (canonical_json(spec), content_hash(spec)))
+        conn.execute("INSERT INTO progress VALUES ('j', 0, 4)")
+    with serving(data_dir=folder, plan_size=8) as (_, stub):
+        job = stub.GetJob(pb.GetJobRequest(job_id="j")).job
+        assert (job.incarnation, job.run_id, job.generation) == ("", "", 1)
+        plan = stub.ReportProgress(pb.ReportProgressRequest(job_id="j", generation=1,
+                                                            iteration=5)).plan
+        assert plan.start_iteration == 5 and plan.incarnation == ""
+    assert stat.S_IMODE((folder / DB_FILENAME).stat().st_mode) == 0o600
+
+
+def test_a_v1_checkpoint_resumes_into_an_empty_server_without_auth(tmp_path: Path):
+    with serving(data_dir=tmp_path / "a", plan_size=8) as (_, stub):
+        job = attach(stub, "j", "r", WARMUP_COSINE).job
+        report(stub, job, 6)
+        payload = json.loads(json.loads(checkpoint(stub, job, 6))["payload"])
+        expected = decode(stub.GetValues(pb.GetValuesRequest(job_id="j")).plan)
+    v1 = json.dumps({"format": 1, "job_id": "j", "generation": 1, "iteration": 6,
+                     "spec": payload["spec"], "decisions": {}, "overrides": [], "audit": []})
+    with serving(data_dir=tmp_path / "b", plan_size=8) as (_, stub):
+        loaded = stub.LoadState(pb.LoadStateRequest(job_id="j", state_json=v1, run_id="r2"))
+        assert loaded.resumed and loaded.plan.start_iteration == 6
+        assert decode(loaded.plan) == expected[6:14]
+        entry = stub.GetJobHistory(pb.GetJobHistoryRequest(job_id="j")).entries[-1]
+        assert json.loads(entry.details_json)["signature"] == "unsigned"
+
+
+def test_a_checkpoint_with_an_idempotent_change_resumes_into_an_empty_server(tmp_path: Path):
+    with serving(data_dir=tmp_path / "a", plan_size=8) as (_, stub):
+        job = attach(stub, "j", "r", WARMUP_COSINE).job
+        stub.RescheduleJob(pb.RescheduleJobRequest(job_id="j", start_values={"lr": 0.05},
+                                                   request_id="req-1", action="set"))
+        state = checkpoint(stub, job, 0)
+    with serving(data_dir=tmp_path / "b", plan_size=8) as (_, stub):
+        assert stub.LoadState(pb.LoadStateRequest(job_id="j", state_json=state)).resumed
+        entries = stub.GetJobHistory(pb.GetJobHistoryRequest(job_id="j")).entries
+        assert [e.action for e in entries] == ["set", "resume"]

@@ -134,6 +134,15 @@ def test_a_write_the_replicas_cannot_confirm_is_unavailable_not_acknowledged(
     store_loop.run(store.close())
 
 
+def test_the_server_answers_unavailable_when_the_replicas_cannot_confirm(
+    sentinel_url: str,
+) -> None:
+    config = {"redis_url": sentinel_url, "redis_wait_replicas": 2, "redis_wait_timeout": 0.2}
+    with serving(plan_size=8, **config) as (_, stub), pytest.raises(grpc.RpcError) as info:
+        create(stub)
+    assert info.value.code() == grpc.StatusCode.UNAVAILABLE
+
+
 def test_a_script_flushed_from_the_master_is_loaded_again_under_wait(
     sentinel: SentinelDeployment, sentinel_url: str, store_loop: asyncio.Runner
 ) -> None:

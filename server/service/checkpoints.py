@@ -46,6 +46,7 @@ _PAYLOAD_KEYS = {"job_id", "incarnation", "generation", "iteration", "spec", "de
                  "changes", "audit", "run_id", "saved_at"}
 _V1_KEYS = {"format", "job_id", "generation", "iteration", "spec", "decisions", "overrides",
             "audit"}
+_OPTIONAL_AUDIT_KEYS = {"request_id"}  # a change's idempotency key
 _AUDIT_KEYS = {"time", "principal", "action", "iteration", "generation", "details", "reason",
                "before", "after"}
 
@@ -125,8 +126,10 @@ def check_audit(raw: Any, field: str = "state.audit") -> list[dict[str, Any]]:
     out = []
     for i, entry in enumerate(raw):
         where = f"{field}[{i}]"
-        if not isinstance(entry, Mapping) or set(entry) != _AUDIT_KEYS:
-            raise _fail(f"must be an object with exactly the fields {sorted(_AUDIT_KEYS)}", where)
+        if not isinstance(entry, Mapping) or not _AUDIT_KEYS <= set(entry) <= (
+                _AUDIT_KEYS | _OPTIONAL_AUDIT_KEYS):
+            raise _fail(f"must be an object with the fields {sorted(_AUDIT_KEYS)} (and "
+                        f"optionally {sorted(_OPTIONAL_AUDIT_KEYS)})", where)
         action = entry["action"]
         if not isinstance(action, str) or not ACTION_PATTERN.fullmatch(action):
             raise _fail(f"must be an action name, got {action!r}", f"{where}.action")
@@ -134,7 +137,11 @@ def check_audit(raw: Any, field: str = "state.audit") -> list[dict[str, Any]]:
         if time < 0:
             raise _fail("must be >= 0", f"{where}.time")
         check_finite(entry["details"], f"{where}.details")
+        checked: dict[str, Any] = {}
+        if "request_id" in entry:
+            checked["request_id"] = _text(entry["request_id"], f"{where}.request_id", 128)
         out.append({
+            **checked,
             "time": time,
             "principal": _text(entry["principal"], f"{where}.principal", 256),
             "action": action,

@@ -6,7 +6,9 @@ each, real Redis included):
 * Every method that changes a job is a single atomic read-modify-write: concurrent
   callers (other coroutines, other server processes) never lose an update.
 * A method that returned normally has made its change durable as far as the backend
-  promises (embedded: fsync'ed file; Redis: AOF per its fsync policy).
+  promises (embedded: fsync'ed file; Redis: AOF per its fsync policy, and confirmed by
+  the replicas it waits for: a write they do not confirm MUST raise ``StoreUnavailable``,
+  never return, since a failover could lose it).
 * Records are returned as fresh objects; mutating one changes nothing stored.
 * Backend failures (connection refused, timeout, server loading) raise
   ``StoreUnavailable``; nothing else from the backend leaks out.
