@@ -141,6 +141,8 @@ class Client(AdminMixin):
         run_id: str | None = None,
         bounds: Bounds | None = None,
         max_jump_factor: float | None = None,
+        count: str = "optimizer_step",
+        initial_from: Any = None,
     ) -> ScheduleHandle:
         """Attach ``optimizer`` to job ``job_id``; it holds iteration 0's values on return.
 
@@ -155,6 +157,14 @@ class Client(AdminMixin):
         already has progress from another run, the handle holds no values and its first
         step raises ``ResumeRequiredError`` unless ``handle.load_state_dict(checkpoint)``
         or ``handle.start_over()`` comes first.
+
+        ``count``: ``"optimizer_step"`` (default) counts an iteration per
+        ``optimizer.step()``; ``"manual"`` leaves counting to the host, which calls
+        ``handle.step()`` after every training iteration (so accumulation steps and AMP
+        steps the GradScaler skipped still count, as in MMEngine's Runner).
+        ``initial_from``: an object with ``param_groups`` (and ``defaults``) to read the
+        job's initial values from instead of ``optimizer`` (a host whose own schedulers
+        already changed the optimizer).
         """
         if not isinstance(job_id, str) or not job_id:
             raise ValueError(f"job_id must be a non-empty string, got {job_id!r}")
@@ -167,7 +177,7 @@ class Client(AdminMixin):
         if param_scheduler is not None:
             request.spec.CopyFrom(
                 build_spec(
-                    optimizer,
+                    optimizer if initial_from is None else initial_from,
                     param_scheduler,
                     epoch_length=epoch_length,
                     max_epochs=max_epochs,
@@ -198,6 +208,7 @@ class Client(AdminMixin):
             report_interval=self.report_interval,
             max_plan_size=self.max_plan_size,
             prefetch_seconds=self.prefetch_seconds,
+            count=count,
         )
         self._handles.add(handle)
         return handle

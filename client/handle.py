@@ -77,7 +77,10 @@ class ScheduleHandle:
         prefetch_seconds: float = 2.0,
         run_id: str = "",
         resume_required: bool = False,
+        count: str = "optimizer_step",
     ) -> None:
+        if count not in ("optimizer_step", "manual"):
+            raise ValueError(f"count must be 'optimizer_step' or 'manual', got {count!r}")
         if optimizer in _ATTACHED:
             raise ParamschedError(
                 f"this optimizer is already attached to job {_ATTACHED[optimizer].job_id!r}; "
@@ -112,10 +115,10 @@ class ScheduleHandle:
             connection, self, report_interval, name=f"paramsched-{self.job_id}-rank{rank}"
         )
         self._wake = self._reporter.wake
-        self._hooks = [
-            optimizer.register_step_pre_hook(self._pre_step),
-            optimizer.register_step_post_hook(self._post_step),
-        ]
+        self.count = count
+        self._hooks = [optimizer.register_step_pre_hook(self._pre_step)]
+        if count == "optimizer_step":
+            self._hooks.append(optimizer.register_step_post_hook(self._post_step))
         _ATTACHED[optimizer] = self
         self._reporter.start()
 
@@ -225,6 +228,31 @@ class ScheduleHandle:
                 self._wake.set()
         else:
             self._plan_ran_out(t)
+
+    def step(self) -> None:
+        """One training iteration done (``count="manual"``): apply the next one's values.
+
+        For hosts that count iterations themselves (MMEngine's Runner, HF, Lightning):
+        call it once per training iteration, whether or not ``optimizer.step()`` ran
+        (gradient accumulation, an AMP step the GradScaler skipped), exactly where
+        MMEngine's ParamSchedulerHook steps its iteration schedulers.
+        """
+        if self.count != "manual":
+            raise ParamschedError(
+                f"job {self.job_id!r}: handle.step() needs attach(..., count='manual'); "
+                "this handle counts optimizer.step() calls")
+        if self._fatal is not None:
+            raise self._fatal
+        self._post_step(None, None, None)
+
+    def apply_values(self) -> None:
+        """Make sure the optimizer holds the values of the iteration that runs next
+        (blocking for them if needed), and write them again: after
+        ``optimizer.load_state_dict`` replaced the groups, before a manual iteration."""
+        if self._applied != self._done or self._fatal is not None:
+            self._catch_up()
+        elif self._row and self._plan.covers(self._done):
+            self._apply(self._done)
 
     # ------------------------------------------------------------------ slow path
 

@@ -15,7 +15,8 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGES = {"paramsched.server": ROOT / "server", "paramsched.client": ROOT / "client",
-            "paramsched.cli": ROOT / "cli", "paramsched": ROOT / "proto" / "paramsched"}
+            "paramsched.cli": ROOT / "cli", "paramsched": ROOT / "proto" / "paramsched",
+            "paramsched.integrations": ROOT / "client" / "integrations"}
 #: the client's torch layer: everything else in paramsched.client is its core.
 TORCH_LAYER = ("paramsched.client.handle", "paramsched.client.optim", "paramsched.client.spec",
                "paramsched.client.ranks", "paramsched.client.runs",
@@ -26,6 +27,8 @@ def modules(package: str) -> dict[str, Path]:
     base = PACKAGES[package]
     out = {}
     for path in base.rglob("*.py"):
+        if package == "paramsched.client" and "integrations" in path.parts:
+            continue  # its own package: paramsched.integrations
         rel = path.relative_to(base).with_suffix("")
         parts = [p for p in rel.parts if p != "__init__"]
         out[".".join([package, *parts])] = path
@@ -80,6 +83,7 @@ def test_server_layers_only_import_downwards():
 @pytest.mark.parametrize(("package", "forbidden"), [
     ("paramsched.server", ("torch", "mmengine", "paramsched.client", "paramsched.cli")),
     ("paramsched.client", ("paramsched.server", "paramsched.cli", "mmengine", "redis")),
+    ("paramsched.integrations", ("paramsched.server", "paramsched.cli", "redis")),
     ("paramsched.cli", ("torch", "mmengine", "redis", "paramsched.server.service",
                         "paramsched.server.store", "paramsched.server.grpc", *TORCH_LAYER)),
 ])
