@@ -176,6 +176,12 @@ class ScheduleHandle:
         return self._done // self._epoch_length
 
     @property
+    def resume_required(self) -> bool:
+        """Whether this handle waits for ``load_state_dict`` or ``start_over`` (the job
+        has progress from another run) before its first step."""
+        return self._resume_required
+
+    @property
     def generation(self) -> int:
         """The job's generation this rank runs in (bumped by every resume)."""
         return self._generation

@@ -223,6 +223,7 @@ def test_the_client_says_resume_required_until_it_loads_or_starts_over(tmp_path:
                 opt2 = optimizer()
                 handle = client.attach(opt2, "j", WARMUP_COSINE, epoch_length=5, max_epochs=4,
                                        run_id=f"run-{how}")
+                assert handle.resume_required
                 with pytest.raises(ResumeRequiredError, match="load_state_dict"):
                     opt2.step()
                 with pytest.raises(ResumeRequiredError):
@@ -233,6 +234,7 @@ def test_the_client_says_resume_required_until_it_loads_or_starts_over(tmp_path:
                 else:
                     handle.start_over()
                     assert handle.iteration == 0
+                assert not handle.resume_required
                 opt2.step()
                 handle.detach()
 

@@ -150,7 +150,7 @@ class ParamschedHook(Hook):
 
     def before_train(self, runner: Any) -> None:
         for handle in self._handles.values():
-            if handle._resume_required:
+            if handle.resume_required:
                 handle.start_over()  # a new run without resume: a new schedule, as stock
 
     # ------------------------------------------------------------------ iterations
