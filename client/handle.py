@@ -327,6 +327,10 @@ class ScheduleHandle:
         """
         start = time.monotonic()
         backoff = self._conn.backoff()
+        # A wait of more than a few seconds is logged (WARNING), then at intervals.
+        waiting = self._conn.waiting(
+            f"job {self.job_id!r} (rank {self.rank}): values of iteration {t}",
+            self._wait_timeout)
         last: BaseException | None = None
         waits: int | None = None
         while not self._apply(t):
@@ -343,6 +347,7 @@ class ScheduleHandle:
                 if not is_retryable(exc):
                     raise self._rpc_failed(exc, f"fetching the values of iteration {t}") from None
                 last = exc
+                waiting.failed(exc)
                 delay = backoff.next_delay()
             else:
                 self.merge_plan(response.plan)
@@ -353,6 +358,8 @@ class ScheduleHandle:
                     if until_decision and response.plan.start_iteration == t:
                         return False
                 last = None
+                if waits is not None:
+                    waiting.failed(None, waits_for=f"the validation decision of epoch {waits}")
                 delay = min(backoff.next_delay(), 1.0)
             waited = time.monotonic() - start
             if waited + delay > self._wait_timeout:

@@ -681,3 +681,23 @@ def test_a_checkpoint_with_an_idempotent_change_resumes_into_an_empty_server(tmp
         assert stub.LoadState(pb.LoadStateRequest(job_id="j", state_json=state)).resumed
         entries = stub.GetJobHistory(pb.GetJobHistoryRequest(job_id="j")).entries
         assert [e.action for e in entries] == ["set", "resume"]
+
+
+def test_a_rank_blocked_on_a_server_that_went_down_logs_a_warning(tmp_path: Path, caplog: Any):
+    from paramsched.client import ScheduleUnavailableError
+
+    server = InProcessServer(data_dir=tmp_path / "d", plan_size=2).start()
+    client = Client(server.target, plan_size=2, max_plan_size=2, prefetch_seconds=0.0,
+                    wait_timeout=4.5, backoff_max=0.2)
+    opt = torch.optim.SGD(torch.nn.Linear(2, 1).parameters(), lr=0.1, momentum=0.9)
+    client.attach(opt, "down", WARMUP_COSINE, epoch_length=5, max_epochs=4)
+    target = server.target
+    server.stop()
+    with caplog.at_level(logging.WARNING, logger="paramsched"), \
+            pytest.raises(ScheduleUnavailableError):
+        for _ in range(20):
+            opt.step()
+    blocked = [r.getMessage() for r in caplog.records if "values of iteration" in r.getMessage()]
+    assert any("still waiting for the paramsched server" in m and target in m
+               for m in blocked), blocked
+    client.close()
