@@ -20,7 +20,7 @@ from paramsched.api.v1 import scheduler_pb2
 
 from ._rpc import Connection
 from .admin import AdminMixin
-from .jobspec import Bounds, set_guardrails
+from .jobspec import Bounds
 
 if TYPE_CHECKING:
     import torch
@@ -28,6 +28,7 @@ if TYPE_CHECKING:
     from .handle import ScheduleHandle
     from .ranks import resolve_rank
     from .runs import resolve_run_id
+    from .spec import build_spec
 else:
     # The torch layer loads on the first ``attach``: the admin API and the CLI run
     # where torch is not installed.
@@ -42,16 +43,7 @@ else:
     ScheduleHandle = _torch_layer("handle", "ScheduleHandle")
     resolve_rank = _torch_layer("ranks", "resolve_rank")
     resolve_run_id = _torch_layer("runs", "resolve_run_id")
-
-
-def build_spec(optimizer: torch.optim.Optimizer, param_scheduler: Any, *,
-               bounds: Bounds | None = None, max_jump_factor: float | None = None,
-               **length: int | None) -> scheduler_pb2.JobSpec:
-    """``spec.build_spec`` (the optimizer's values; torch) plus the guardrails."""
-    from .spec import build_spec as from_optimizer
-
-    return set_guardrails(from_optimizer(optimizer, param_scheduler, **length), bounds,
-                          max_jump_factor)
+    build_spec = _torch_layer("spec", "build_spec")
 
 ParamSchedulerConfig = Mapping[str, Any] | Sequence[Mapping[str, Any]]
 

@@ -77,3 +77,18 @@ def test_semantics_travels_in_the_proto_spec() -> None:
     assert proto.HasField("semantics") and proto.semantics == job.semantics
     old = build_job_spec([{"type": "ConstantLR"}], [{"lr": 0.1}], max_iters=4, semantics=1)
     assert not spec_to_proto(old.to_dict()).HasField("semantics")
+
+
+def test_the_torch_free_spec_builder_encodes_configs_the_same_way() -> None:
+    """``Client.preview`` and tools build specs without torch; an infinite end, a tuple
+    and a one-element tensor travel exactly as through ``attach``."""
+    from paramsched.client.jobspec import job_spec
+
+    cfg = [{"type": "MultiStepLR", "milestones": (2, 3), "gamma": torch.tensor(0.5),
+            "by_epoch": False, "end": math.inf}]
+    spec = job_spec(cfg, [{"lr": 0.1}], max_iters=6, dtypes=[{"lr": "float32"}])
+    assert spec.param_scheduler_json == config_json(cfg)
+    assert json.loads(spec.param_scheduler_json)[0]["milestones"] == [2, 3]
+    assert dict(spec.initial_values[0].dtypes) == {"lr": "float32"}
+    with pytest.raises(TypeError, match=r"param_scheduler\[0\] \(X\): field 'bad'"):
+        job_spec([{"type": "X", "bad": object()}], [{"lr": 0.1}], max_iters=6)
