@@ -10,7 +10,7 @@ STAMP        := $(VENV)/.installed-stamp
 TORCH  ?= torch==2.13.0
 ARGS   ?=
 
-.PHONY: venv serve test lint proto bench clean redis-server
+.PHONY: venv serve test lint proto bench clean redis-server chromium
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -39,7 +39,14 @@ redis-server:
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 	  $$SUDO apt-get update -q && $$SUDO apt-get install -y -q redis-server; }
 
-test: $(STAMP) redis-server
+# The dashboard's browser tests drive Debian's headless Chromium and its driver.
+chromium:
+	@{ command -v chromium >/dev/null 2>&1 && command -v chromedriver >/dev/null 2>&1; } || { \
+	  echo "installing chromium and chromium-driver (Debian packages)"; \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -q && $$SUDO apt-get install -y -q chromium chromium-driver; }
+
+test: $(STAMP) redis-server chromium
 	$(BIN)/python -m pytest -q $(ARGS)
 
 lint: $(STAMP)

@@ -52,7 +52,8 @@ def chromium() -> tuple[str, str]:
     browser = shutil.which("chromium") or shutil.which("chromium-browser")
     driver = shutil.which("chromedriver")
     if not (browser and driver):
-        pytest.skip("needs Debian's chromium and chromium-driver (.ci/run installs them)")
+        pytest.fail("needs Debian's chromium and chromium-driver: `make test` installs them "
+                    "(apt-get install chromium chromium-driver)")
     return browser, driver
 
 

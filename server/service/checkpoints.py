@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..errors import InvalidArgument
-from ..schedules import JobSpec
+from ..schedules import JobSpec, MetricsError
 from ..schedules.reschedule import Schedule
 from ..store import canonical_json, content_hash
 from .inputs import Limits, check_job_id, checked_changes, parse_json, parse_spec
@@ -199,9 +199,8 @@ def _decisions(raw: Any, spec: JobSpec, iteration: int,
                     raise _fail(f"must be a number, got {value!r}", f"{where}.{name}")
         try:
             schedule.check_metrics(epoch, metrics)
-        except Exception as exc:  # MetricsError: the metric a plateau monitors is missing
-            reason = getattr(exc, "reason", str(exc))
-            raise _fail(reason, f"{where}.{getattr(exc, 'field', '')}") from None
+        except MetricsError as exc:  # the metric a plateau monitors is missing
+            raise _fail(exc.reason, f"{where}.{exc.field}") from None
         out[epoch] = ({k: float(v) for k, v in metrics.items()} if metrics is not None
                       else None)
     return out
