@@ -12,17 +12,17 @@ the same run, per 1,000 jobs, are the figures.
 
 Every job has its own spec (a typical warm-up + cosine config; the epoch length
 differs per job), so no two jobs share a cached spec or schedule. The server caches
-at most 1,024 parsed jobs (``SchedulerService.cache_size``), so past that count the
-server's memory reflects the bounded cache (and what the allocator keeps), while
-Redis grows with every job.
+at most 256 parsed jobs (``SchedulerService.cache_size``) within ``--cache-bytes``, so
+past that count the server's memory reflects the bounded cache (and what the
+allocator keeps), while Redis grows with every job.
 
 A second table shows what a job costs the server once it has been running: a few
 jobs (``--long-jobs``) each report every 128 iterations up to ``--long-iters``
 (20,480), and the server's RSS delta per job is read against a baseline taken
-before them. The per-job schedule cache keeps the values of recently asked
-iterations (up to ``Timeline.max_cached_values`` = 16,384 iterations per job) and a
-keyframe every 512 iterations, so this figure, times the 1,024 jobs the server
-caches, bounds the server's memory on a busy cluster.
+before them. A job's cached schedule holds a few replay states and a packed cache of
+recent values (``Timeline.max_cached_cells`` numbers per timeline) whatever its age,
+and the whole job cache stays within ``--cache-bytes``; the goal is at most 64 KiB per
+long-running job.
 
     .venv/bin/python benchmarks/bench_memory.py [--jobs 1000,5000] [--out FILE.md]
 """

@@ -12,13 +12,16 @@ still run. Sections:
 
 1. Random access: the values at iteration t, cold and warm, vs replaying from 0
    (``bench_random_access.py``).
-2. Report RPC: throughput and p50/p99 vs a bare grpc.aio echo server, embedded and
+2. Cold refills: a server that never saw a job (restart, replica, ``LoadState`` into
+   an empty store, cache eviction) vs a warm one, at t = 10^3..10^7 and over 10..10,000
+   jobs (``bench_cold_refill.py``).
+3. Report RPC: throughput and p50/p99 vs a bare grpc.aio echo server, embedded and
    Redis stores (``bench_report_rpc.py``).
-3. Training-loop overhead: an attached optimizer vs MMEngine's and torch's local
+4. Training-loop overhead: an attached optimizer vs MMEngine's and torch's local
    schedulers (``bench_client_overhead.py``, when present).
-4. Scale: 1-256 simulated ranks over 1-16 jobs on two servers + Redis
+5. Scale: 1-256 simulated ranks over 1-16 jobs on two servers + Redis
    (``bench_scale.py``).
-5. Memory: server RSS and Redis memory per 1,000 jobs (``bench_memory.py``).
+6. Memory: server RSS and Redis memory per 1,000 jobs (``bench_memory.py``).
 """
 
 from __future__ import annotations
@@ -84,6 +87,10 @@ def sections() -> list[Section]:
                 ["--max-exp", "7"], ["--max-exp", "5"], 900,
                 note="Time to get the values at iteration t. Ratio: warm query / replay from "
                      "iteration 0 (what the server would pay without keyframes)."),
+        Section("Cold refills: restarts, replicas, LoadState, many jobs", "bench_cold_refill.py",
+                ["--max-exp", "7"], ["--max-exp", "4", "--jobs", "10,100,300"], 1200,
+                note="Goal: cold <= 2x warm at every t; round robin over N jobs <= 2x the "
+                     "10-job figure; LoadState at 10^7 costs what it costs at 10^3."),
         Section("Report RPC vs a bare grpc.aio echo server", "bench_report_rpc.py",
                 ["--seconds", "5"], ["--seconds", "1"], 600,
                 note="Target: paramsched throughput >= 0.6 of the echo server's."),

@@ -27,7 +27,7 @@ from paramsched.client.admin import (
 from .common import fmt, table
 from .configs import configs_from_args
 from .connect import client_from_args
-from .curves import ProgressBar
+from .curves import ProgressBar, plot_stride
 from .jobs import indent
 from .plots import Layer, draw, figure_class
 
@@ -73,13 +73,21 @@ def cmd_change(args: argparse.Namespace) -> int:
             end = max(job.max_iters, change.max_iters or 0) + 1
             start = change.from_iteration if change.from_iteration is not None else 0
             preview = max(1, min(MAX_PREVIEW_ITERATIONS, end - start))
-            current = client.values(change.job_id, 0, job.max_iters + 1,
-                                    progress=ProgressBar(job.max_iters + 1, "fetching").update)
+            # A figure draws about PLOT_POINTS points: the server computes every
+            # stride-th iteration only, as for `paramsched plot --job`.
+            stride = plot_stride(end)
+            bar = ProgressBar(-(-(job.max_iters + 1) // stride), "fetching")
+            current = client.values(change.job_id, 0, job.max_iters + 1, stride=stride,
+                                    progress=bar.update)
+            bar.close()
         result = client.change(change, preview_iterations=preview)
         after = result.after
         end = result.job.max_iters + 1
-        if args.plot and result.applied and after.stop < end and after.waits_for_epoch is None:
-            after = after.joined(client.values(change.job_id, after.stop, end))
+        if current is not None:
+            after = _on_grid(after, current.stride)
+            if result.applied and after.stop < end and after.waits_for_epoch is None:
+                after = after.joined(client.values(change.job_id, after.stop, end,
+                                                   stride=current.stride))
     print(change_summary(result))
     for warning in result.warnings:
         print(f"warning: {warning}", file=sys.stderr)
@@ -88,15 +96,24 @@ def cmd_change(args: argparse.Namespace) -> int:
     return 0
 
 
+def _on_grid(after: Values, stride: int) -> Values:
+    """The change's preview (every iteration from s) kept every ``stride``-th one, so
+    the rest of the job, read with that stride, continues it."""
+    if stride == 1:
+        return after
+    return Values(after.start, after.params, after.num_groups, after.rows[::stride],
+                  after.waits_for_epoch, after.generation, after.max_iters, stride)
+
+
 def _joined(current: Values, after: Values) -> Values:
     """``after`` led by the last unchanged iteration, so the line shows the step at s."""
-    s = after.start
-    if s == 0 or not current.covers(s - 1) or not after.rows or any(
+    lead_at = after.start - after.stride  # s - 1 unstrided; strided, when on the grid
+    if lead_at < 0 or not current.covers(lead_at) or not after.rows or any(
             p not in current.params for p in after.params):
         return after
-    lead = tuple({p: v[p] for p in after.params} for v in current.at(s - 1))
-    return Values(s - 1, after.params, after.num_groups, (lead, *after.rows),
-                  after.waits_for_epoch)
+    lead = tuple({p: v[p] for p in after.params} for v in current.at(lead_at))
+    return Values(lead_at, after.params, after.num_groups, (lead, *after.rows),
+                  after.waits_for_epoch, stride=after.stride)
 
 
 def _plot_change(out: str, result: ChangeResult, current: Values, after: Values, *,
@@ -105,9 +122,11 @@ def _plot_change(out: str, result: ChangeResult, current: Values, after: Values,
     s = result.from_iteration
     if not result.applied and after.stop < result.job.max_iters + 1 and after.rows:
         print(f"note: a dry run previews at most {MAX_PREVIEW_ITERATIONS} iterations; the "
-              f"'after' curve stops at iteration {after.stop - 1}", file=sys.stderr)
-    layers = [Layer(current, None, "-", 1.0, stop=s),
-              Layer(current, "before", ":", 0.7, start=max(0, s - 1)),
+              f"'after' curve stops at iteration {after.iterations[-1]}", file=sys.stderr)
+    # With a stride, the past and "before" lines overlap by one point, so they meet.
+    step = current.stride
+    layers = [Layer(current, None, "-", 1.0, stop=s if step == 1 else s + step),
+              Layer(current, "before", ":", 0.7, start=max(0, s - step)),
               Layer(_joined(current, after), "after", "-", 1.0)]
     dry = " (dry run)" if not result.applied else ""
     draw(out, layers, title=f"{result.job_id}: {result.action} from iteration {s}{dry}",

@@ -17,7 +17,7 @@ from paramsched.server.schedules import ConfigError, JobSpec, build_job_spec
 from .common import ADAM_BETA2, DEFAULT_BASE, CliError, UsageError
 from .configs import ConfigFile, load_config
 from .connect import client_from_args
-from .curves import ProgressBar, simulate
+from .curves import ProgressBar, plot_stride, simulate
 
 
 # -- plot ----------------------------------------------------------------------------
@@ -120,8 +120,7 @@ def write_csv(path: str, curves: Values, epoch_length: int | None,
         with open(path, "w", newline="") as handle:
             writer = csv.writer(handle)
             writer.writerow(headers)
-            for offset, row in enumerate(curves.rows):
-                t = curves.start + offset
+            for t, row in zip(curves.iterations, curves.rows, strict=True):
                 for g, values in enumerate(row):
                     cells: list[object] = [t, *([t // epoch_length] if epoch_length else []), g]
                     cells += [repr(values[p]) for p in curves.params]
@@ -179,7 +178,9 @@ def cmd_plot(args: argparse.Namespace) -> int:
     if any(s.is_plateau for s in spec.schedulers):
         print("note: ReduceOnPlateau needs validation metrics; plotted as if no validation "
               "ran (its value is held)", file=sys.stderr)
-    curves = simulate(spec, ProgressBar(spec.max_iters + 1, "simulating"))
+    # A CSV holds every iteration; a figure alone needs about PLOT_POINTS of them.
+    stride = 1 if args.csv else plot_stride(spec.max_iters + 1)
+    curves = simulate(spec, ProgressBar(spec.max_iters + 1, "simulating"), stride=stride)
     if args.csv:
         write_csv(args.csv, curves, spec.epoch_length)
         print(f"wrote {args.csv}")
@@ -197,8 +198,11 @@ def _plot_job(args: argparse.Namespace) -> int:
     with client_from_args(args) as client:
         job = client.get_job(args.job)
         total = job.max_iters + 1
-        bar = ProgressBar(total, "fetching")
-        curves = client.values(args.job, 0, total, progress=bar.update)
+        # A CSV holds every iteration; a figure alone reads about PLOT_POINTS of them
+        # (the server computes every stride-th iteration only).
+        stride = 1 if args.csv else plot_stride(total)
+        bar = ProgressBar(-(-total // stride), "fetching")
+        curves = client.values(args.job, 0, total, stride=stride, progress=bar.update)
         bar.close()
     now = min(job.furthest_iteration, job.max_iters)
     if curves.waits_for_epoch is not None:
@@ -208,9 +212,11 @@ def _plot_job(args: argparse.Namespace) -> int:
         write_csv(args.csv, curves, job.epoch_length, applied_below=now)
         print(f"wrote {args.csv}")
     if args.out:
-        layers = [Layer(curves, "planned", "--", 0.8, start=now)]
+        # With a stride, each line reaches the other's nearest point, so they meet.
+        step = curves.stride
+        layers = [Layer(curves, "planned", "--", 0.8, start=max(0, now - step + 1))]
         if now > 0:
-            layers.insert(0, Layer(curves, "applied", "-", 1.0, stop=now + 1))
+            layers.insert(0, Layer(curves, "applied", "-", 1.0, stop=now + step))
         draw(args.out, layers, title=args.title or f"job {args.job} (generation "
              f"{job.generation})", epoch_length=job.epoch_length, marks=[(now, "now")],
              log_y=args.log_y)

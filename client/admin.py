@@ -41,12 +41,20 @@ MODES: dict[str, pb.RescheduleJobRequest.Mode] = {
     "multiply": pb.RescheduleJobRequest.MULTIPLY,
     "stretch": pb.RescheduleJobRequest.STRETCH,
 }
-#: values per GetValues call (a long job's values exceed one message's limit).
+#: values asked per range by ``values`` (each range comes in the server's pages), so
+#: its ``progress`` is called as they arrive.
 VALUES_PER_CALL = 200_000
+#: times a paged fetch starts again from its first page when the job changed meanwhile
+#: (a resume or a change makes the next page's token stale).
+STALE_RESTARTS = 3
 #: the server's limit on RescheduleJob.preview_iterations.
 MAX_PREVIEW_ITERATIONS = 100_000
 #: before/after values a change returns by default beyond the ones it needs.
 DEFAULT_PREVIEW = 100
+
+
+class _Stale(Exception):
+    """A page token went stale: the job changed between two pages."""
 
 
 class JobFinishedError(InvalidArgumentError):
@@ -252,11 +260,24 @@ class AdminMixin:
         return JobInfo.from_proto(reply.job)
 
     def values(self, job_id: str, start: int = 0, stop: int | None = None, *,
-               progress: Callable[[int], None] | None = None) -> Values:
+               stride: int = 1, progress: Callable[[int], None] | None = None) -> Values:
         """A job's values for iterations ``[start, stop)`` (``stop=None``: to the end,
-        ``max_iters`` included), fetched in bounded chunks (``progress`` is called with
-        the count fetched so far). They stop early at a pending ReduceOnPlateau
-        decision (``Values.waits_for_epoch``)."""
+        ``max_iters`` included), or every ``stride``-th of them (for plots of long jobs),
+        fetched range by range in the server's pages (``progress`` is called with the
+        count fetched so far). They stop early at a pending ReduceOnPlateau decision
+        (``Values.waits_for_epoch``). A job resumed or changed meanwhile is read again
+        from ``start``, so the values are those of one state of the job."""
+        stride = _positive_int("stride", stride)
+        for attempt in range(STALE_RESTARTS + 1):
+            try:
+                return self._values_once(job_id, start, stop, stride, progress)
+            except _Stale:
+                if attempt == STALE_RESTARTS:
+                    raise self._kept_changing(job_id) from None
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _values_once(self, job_id: str, start: int, stop: int | None, stride: int,
+                     progress: Callable[[int], None] | None) -> Values:
         job = self.get_job(job_id)
         if stop is None:
             stop = job.max_iters + 1
@@ -264,13 +285,14 @@ class AdminMixin:
         t = start
         per_call = max(1, VALUES_PER_CALL // max(1, job.num_groups * len(job.params)))
         while t < stop or out is None:
-            reply = self._admin_call("GetValues", pb.GetValuesRequest(
-                job_id=job_id, start_iteration=t, stop_iteration=min(stop, t + per_call)),
-                f"reading the values of job {job_id!r}")
-            chunk = Values.from_plan(reply.plan)
+            request = pb.GetValuesRequest(job_id=job_id, start_iteration=t, stride=stride,
+                                          stop_iteration=min(stop, t + per_call * stride))
+            done = len(out) if out is not None else 0
+            chunk = self._paged("GetValues", request, f"reading the values of job {job_id!r}",
+                                restart=False, progress=progress, done=done)
+            if out is not None and chunk.rows and chunk.generation != out.generation:
+                raise _Stale()  # resumed between two ranges
             out = chunk if out is None else out.joined(chunk)
-            if progress is not None:
-                progress(len(out))
             width = max(1, chunk.num_groups * len(chunk.params))
             per_call = max(1, VALUES_PER_CALL // width)
             if not chunk.rows or chunk.waits_for_epoch is not None:
@@ -278,14 +300,52 @@ class AdminMixin:
             t = chunk.stop
         return out
 
-    def get_values(self, job_id: str, start_iteration: int = 0, stop_iteration: int = 0
-                   ) -> list[list[dict[str, float]]]:
-        """A job's values per iteration and group, in one call (``stop_iteration=0``:
-        to the end); ``values`` is the typed, chunked form."""
-        reply = self._conn.call(self._conn.stub.GetValues, pb.GetValuesRequest(
-            job_id=job_id, start_iteration=start_iteration, stop_iteration=stop_iteration),
-            what=f"reading the values of job {job_id!r}", wait=self.wait_timeout)
-        return [list(row) for row in Values.from_plan(reply.plan).rows]
+    def get_values(self, job_id: str, start_iteration: int = 0, stop_iteration: int = 0, *,
+                   stride: int = 1) -> list[list[dict[str, float]]]:
+        """A job's values per iteration and group (``stop_iteration=0``: to the end),
+        every ``stride``-th iteration, all pages; ``values`` is the typed form."""
+        request = pb.GetValuesRequest(job_id=job_id, start_iteration=start_iteration,
+                                      stop_iteration=stop_iteration,
+                                      stride=_positive_int("stride", stride))
+        values = self._paged("GetValues", request, f"reading the values of job {job_id!r}",
+                             fail_fast=False)
+        return [list(row) for row in values.rows]
+
+    def _paged(self, method: str, request: Any, what: str, *, restart: bool = True,
+               fail_fast: bool = True, progress: Callable[[int], None] | None = None,
+               done: int = 0) -> Values:
+        """Every page of a ``GetValues`` / ``PreviewSchedule`` request, joined; after
+        each, ``progress`` gets ``done`` + the rows so far. A stale page token (the job
+        changed between pages) starts again from the first page (``restart``), or
+        raises ``_Stale`` for the caller to start again."""
+        for _attempt in range(STALE_RESTARTS + 1):
+            request.page_token = ""
+            out: Values | None = None
+            try:
+                while True:
+                    reply = self._conn.call(getattr(self._conn.stub, method), request,
+                                            what=what, wait=self.wait_timeout,
+                                            fail_fast=fail_fast)
+                    page = Values.from_plan(reply.plan)
+                    out = page if out is None else out.joined(page)
+                    if progress is not None:
+                        progress(done + len(out))
+                    if not reply.next_page_token:
+                        return out
+                    request.page_token = reply.next_page_token
+            except InvalidArgumentError as exc:
+                fields = [f for f, _ in getattr(exc, "field_violations", ())]
+                if not request.page_token or fields != ["page_token"]:
+                    raise
+                if not restart:
+                    raise _Stale() from None
+        raise self._kept_changing(getattr(request, "job_id", "") or "(preview)")
+
+    @staticmethod
+    def _kept_changing(job_id: str) -> ParamschedError:
+        return ParamschedError(f"the values of job {job_id!r} changed while they were read "
+                               f"({STALE_RESTARTS + 1} times: resumed or changed meanwhile); "
+                               "read them again")
 
     def history(self, job_id: str) -> list[AuditEntry]:
         """The job's audit trail, oldest first: changes, resumes, deletion."""
@@ -313,25 +373,29 @@ class AdminMixin:
         decisions: Mapping[int, Mapping[str, float] | None] | None = None,
         bounds: Bounds | None = None,
         max_jump_factor: float | None = None,
+        stride: int = 1,
     ) -> Values:
-        """The values a config would give (computed by the server; no job is created).
+        """The values a config would give (computed by the server; no job is created),
+        for every ``stride``-th iteration of ``[start, stop)``, all pages.
 
         ``initial_values``: one dict per param group (``{"lr": 0.1, "momentum": 0.9}``;
         ``"betas": (b1, b2)`` for Adam). ``decisions``: ReduceOnPlateau's validation
         metrics per epoch (None: no validation ran); without them the values stop at
-        the first pending decision.
+        the first pending decision. A preview replays from iteration 0, and the server
+        counts that replay in its cost budget: iterations further than the budget are
+        RESOURCE_EXHAUSTED (a ``ParamschedError`` naming it).
         """
         request = pb.PreviewScheduleRequest(
             spec=job_spec(param_scheduler, initial_values, epoch_length=epoch_length,
                           max_epochs=max_epochs, max_iters=max_iters, bounds=bounds,
                           max_jump_factor=max_jump_factor),
-            start_iteration=start, stop_iteration=0 if stop is None else stop)
+            start_iteration=start, stop_iteration=0 if stop is None else stop,
+            stride=_positive_int("stride", stride))
         for epoch, metrics in (decisions or {}).items():
             decision = request.decisions[int(epoch)]
             decision.has_metrics = metrics is not None
             decision.metrics.update(dict(metrics or {}))
-        reply = self._admin_call("PreviewSchedule", request, "previewing a schedule")
-        return Values.from_plan(reply.plan)
+        return self._paged("PreviewSchedule", request, "previewing a schedule")
 
     # -- changing ---------------------------------------------------------------------
     def reschedule(self, job_id: str, param_scheduler: Any = None, *, mode: Mode = "replace",

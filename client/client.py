@@ -20,7 +20,7 @@ from paramsched.api.v1 import scheduler_pb2
 
 from ._rpc import Connection
 from .admin import AdminMixin
-from .jobspec import Bounds
+from .jobspec import Bounds, set_val_interval
 
 if TYPE_CHECKING:
     import torch
@@ -135,6 +135,7 @@ class Client(AdminMixin):
         max_jump_factor: float | None = None,
         count: str = "optimizer_step",
         initial_from: Any = None,
+        val_interval: int | None = None,
     ) -> ScheduleHandle:
         """Attach ``optimizer`` to job ``job_id``; it holds iteration 0's values on return.
 
@@ -157,6 +158,9 @@ class Client(AdminMixin):
         ``initial_from``: an object with ``param_groups`` (and ``defaults``) to read the
         job's initial values from instead of ``optimizer`` (a host whose own schedulers
         already changed the optimizer).
+        ``val_interval`` (iteration-based jobs): validation every this many iterations
+        and after the last one; a ReduceOnPlateau decision is due at each, which the
+        host reports with ``handle.record_validation(metrics)``.
         """
         if not isinstance(job_id, str) or not job_id:
             raise ValueError(f"job_id must be a non-empty string, got {job_id!r}")
@@ -178,8 +182,10 @@ class Client(AdminMixin):
                     max_jump_factor=max_jump_factor,
                 )
             )
-        elif any(v is not None for v in (epoch_length, max_epochs, max_iters)):
-            raise ValueError("epoch_length/max_epochs/max_iters need a param_scheduler config")
+            set_val_interval(request.spec, val_interval)
+        elif any(v is not None for v in (epoch_length, max_epochs, max_iters, val_interval)):
+            raise ValueError("epoch_length/max_epochs/max_iters/val_interval need a "
+                             "param_scheduler config")
         response = self._conn.call(
             self._conn.stub.AttachJob,
             request,

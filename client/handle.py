@@ -132,6 +132,8 @@ class ScheduleHandle:
         self._max_iters = job.max_iters
         self._epoch_length = job.epoch_length if job.HasField("epoch_length") else None
         self._epoch_based = job.spec.HasField("max_epochs")
+        # Validation points of an iteration-based job (record_validation).
+        self._val_interval = job.spec.val_interval if job.spec.HasField("val_interval") else None
         self._params = tuple(job.params)
         self._writers: tuple[Writer, ...] = tuple(writers(
             self._optimizer, self._params, job.num_groups, job.momentum_via_betas, job.job_id
@@ -380,6 +382,13 @@ class ScheduleHandle:
             if self.world_size == 1
             else f"no rank reported it within {waited:.1f}s"
         )
+        if self._val_interval is not None:
+            return DecisionRequiredError(
+                f"job {self.job_id!r} on {self._conn.target}: the values of iteration {t} "
+                f"wait for the decision of the validation after iteration {t} (ReduceOnPlateau)"
+                f" and {who}; call handle.record_validation(metrics) after every "
+                f"{self._val_interval} iterations and after the last one (metrics=None when "
+                "no validation ran)")
         return DecisionRequiredError(
             f"job {self.job_id!r} on {self._conn.target}: the values of iteration {t} wait "
             f"for the validation decision of epoch {epoch} (ReduceOnPlateau) and {who}; call "
@@ -473,7 +482,8 @@ class ScheduleHandle:
         if not self._epoch_based or not self._epoch_length:
             raise EpochError(
                 f"job {self.job_id!r} is iteration-based (max_iters); it has no epochs to end"
-            )
+                + ("; report its validations with handle.record_validation(metrics)"
+                   if self._val_interval is not None else ""))
         length, done = self._epoch_length, self._done
         if done == 0 or done % length:
             raise EpochError(
@@ -484,19 +494,59 @@ class ScheduleHandle:
         epoch = done // length - 1
         if epoch == self._last_epoch_ended:
             raise EpochError(f"epoch {epoch} of job {self.job_id!r} already ended")
+        self._decide(epoch, metrics, f"ending epoch {epoch}")
+
+    def record_validation(self, metrics: Mapping[str, Any] | None = None) -> None:
+        """Report the validation at this iteration of an iteration-based job with
+        ``val_interval`` (``metrics=None``: no validation ran here).
+
+        Call it when ``handle.iteration`` is a validation point: a multiple of
+        ``val_interval``, or the job's last iteration (MMEngine's ``IterBasedTrainLoop``
+        validates there too), after that iteration's step. As with ``end_epoch``, the
+        values that wait on it are in the optimizer when this returns; a point nobody
+        waits on (no ReduceOnPlateau active) sends nothing.
+        """
+        self._check_alive()
+        interval, done = self._val_interval, self._done
+        if interval is None:
+            raise EpochError(
+                f"job {self.job_id!r} has no validation points: "
+                + ("call handle.end_epoch(metrics) at its epoch ends" if self._epoch_based
+                   else "attach with val_interval= (iteration-based jobs)"))
+        last = self._job.spec.max_iters
+        if done == 0 or done > last or (done % interval and done != last):
+            raise EpochError(
+                f"record_validation() after {done} iteration(s) of job {self.job_id!r}: it "
+                f"validates every {interval} iterations (val_interval) and after the last "
+                f"one ({last}), the next time after iteration "
+                f"{min((done // interval + 1) * interval, last)}")
+        key = -(-done // interval) - 1  # the server's key of this validation point
+        if key == self._last_epoch_ended:
+            raise EpochError(f"the validation after iteration {done} of job {self.job_id!r} "
+                             "was already recorded")
+        self._decide(key, metrics, f"recording the validation after iteration {done}",
+                     validation_at=done)
+
+    def _decide(self, key: int, metrics: Mapping[str, Any] | None, what: str, *,
+                validation_at: int | None = None) -> None:
+        """Send decision ``key`` (an epoch, or a validation point) if values wait on it."""
+        done = self._done
         values = metrics_dict(metrics)
         if self._applied == done:
-            # The values after this epoch end are known already: the schedule does not
-            # depend on this epoch's metrics (or another rank decided). The iteration
-            # count in the next progress report says all the server needs.
-            self._last_epoch_ended = epoch
+            # The values after this point are known already: the schedule does not
+            # depend on these metrics (or another rank decided). The iteration count in
+            # the next progress report says all the server needs.
+            self._last_epoch_ended = key
             return
         request = self._request(done)
-        request.epoch_end = epoch
+        if validation_at is None:
+            request.epoch_end = key
+        else:
+            request.validation_at = validation_at
         request.has_metrics = values is not None
         if values:
             request.metrics.update(values)
-        what = f"job {self.job_id!r} (rank {self.rank}): ending epoch {epoch}"
+        what = f"job {self.job_id!r} (rank {self.rank}): {what}"
         try:
             response = self._conn.call(
                 self._conn.stub.ReportProgress, request, what=what, wait=self._wait_timeout
@@ -504,7 +554,7 @@ class ScheduleHandle:
         except StaleGenerationError as exc:
             self._fatal = self._stale(exc)
             raise self._fatal from None
-        self._last_epoch_ended = epoch
+        self._last_epoch_ended = key
         self.merge_plan(response.plan)
         self._wait_for(done)
 

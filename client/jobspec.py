@@ -53,6 +53,23 @@ def set_guardrails(spec: scheduler_pb2.JobSpec, bounds: Bounds | None,
     return spec
 
 
+def set_val_interval(spec: scheduler_pb2.JobSpec,
+                     val_interval: int | None) -> scheduler_pb2.JobSpec:
+    """Put an iteration-based job's validation points into ``spec`` (and return it):
+    a ReduceOnPlateau decision is due after every ``val_interval`` iterations and after
+    the last one (MMEngine's ``IterBasedTrainLoop``, HF ``eval_steps``, Lightning
+    ``val_check_interval`` in steps); ``handle.record_validation`` reports it."""
+    if val_interval is None:
+        return spec
+    if isinstance(val_interval, bool) or not isinstance(val_interval, int) or val_interval < 1:
+        raise ValueError(f"val_interval must be an integer >= 1, got {val_interval!r}")
+    if spec.HasField("max_epochs"):
+        raise ValueError("val_interval is for iteration-based jobs (max_iters=); an "
+                         "epoch-based job validates at its epoch ends (handle.end_epoch)")
+    spec.val_interval = val_interval
+    return spec
+
+
 def _plain(value: Any, where: str) -> Any:
     """``value`` as plain JSON data (tuples as lists, tensors and numpy scalars as numbers);
     ``where`` names it in the error (``param_scheduler[1] (StepLR): field 'gamma'``)."""
@@ -116,10 +133,12 @@ def job_spec(
     bounds: Bounds | None = None,
     max_jump_factor: float | None = None,
     dtypes: Sequence[Mapping[str, str]] | None = None,
+    val_interval: int | None = None,
 ) -> scheduler_pb2.JobSpec:
     """A spec from a config and the groups' initial values (``[{"lr": 0.1, ...}]``;
     ``"betas": (b1, b2)`` for Adam-style optimizers); ``dtypes``: per group, the values
-    held as float32 tensors (``{"lr": "float32"}``)."""
+    held as float32 tensors (``{"lr": "float32"}``); ``val_interval``: see
+    ``set_val_interval``."""
     spec = scheduler_pb2.JobSpec(param_scheduler_json=config_json(param_scheduler))
     for g, group in enumerate(initial_values):
         message = spec.initial_values.add()
@@ -136,4 +155,5 @@ def job_spec(
         spec.max_epochs = int(max_epochs)
     if max_iters is not None:
         spec.max_iters = int(max_iters)
+    set_val_interval(spec, val_interval)
     return set_guardrails(spec, bounds, max_jump_factor)

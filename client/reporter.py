@@ -6,9 +6,10 @@ every ``report_interval`` seconds and sends one progress report for the latest
 iteration whenever it changed or a refill is due (reports coalesce: only the newest
 count matters), then hands the plan in the reply to the handle.
 
-Epoch ends do not come through here: one that a decision waits on is sent by
-``end_epoch`` itself (the caller needs the values it unlocks), and one that nobody
-waits on needs no message at all (the iteration count says where epochs end).
+Epoch ends and validation points do not come through here: one that a decision waits
+on is sent by ``end_epoch`` / ``record_validation`` itself (the caller needs the values
+it unlocks), and one that nobody waits on needs no message at all (the iteration count
+says where epochs end and validation points are).
 
 Transport failures are retried with backoff for as long as the handle lives; the
 loop keeps running on its plan meanwhile, and a WARNING names the server, the job and

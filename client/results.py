@@ -98,7 +98,9 @@ class JobInfo:
 
 @dataclass(frozen=True, slots=True)
 class Values:
-    """Values for consecutive iterations ``[start, stop)``: ``rows[i][g][param]``."""
+    """Values for iterations ``start, start + stride, ...`` (below ``stop``):
+    ``rows[i][g][param]`` is for iteration ``start + i * stride``; stride 1 (the
+    default): consecutive iterations ``[start, stop)``."""
 
     start: int
     params: tuple[str, ...]
@@ -107,47 +109,63 @@ class Values:
     waits_for_epoch: int | None = None  # the rows stop early: a pending plateau decision
     generation: int = 0
     max_iters: int = 0
+    stride: int = 1
 
     @classmethod
     def from_plan(cls, message: pb.Plan) -> Values:
         plan = decode_plan(message, max_iters=message.max_iters)
+        # A plan's rows are in order whatever its stride: row i at offset i.
         rows = tuple(tuple(plan.group_values(t)) for t in range(plan.start, plan.stop))
         return cls(plan.start, plan.params, plan.num_groups, rows, plan.waits_for_epoch,
-                   plan.generation, plan.max_iters)
+                   plan.generation, plan.max_iters, max(1, message.stride))
 
     @property
     def stop(self) -> int:
-        return self.start + len(self.rows)
+        """The iteration after the last row's stride: where the next rows would start."""
+        return self.start + len(self.rows) * self.stride
+
+    @property
+    def iterations(self) -> range:
+        """The iteration of each row."""
+        return range(self.start, self.stop, self.stride)
 
     def __len__(self) -> int:
         return len(self.rows)
 
     def covers(self, iteration: int) -> bool:
-        return self.start <= iteration < self.stop
+        return (self.start <= iteration < self.stop
+                and (iteration - self.start) % self.stride == 0)
 
     def at(self, iteration: int) -> GroupValues:
         """The values of one iteration, one dict per group (``KeyError`` if not covered)."""
         if not self.covers(iteration):
-            raise KeyError(f"iteration {iteration} is not in [{self.start}, {self.stop})")
-        return self.rows[iteration - self.start]
+            every = f" every {self.stride}" if self.stride > 1 else ""
+            raise KeyError(f"iteration {iteration} is not in [{self.start}, {self.stop})"
+                           + every)
+        return self.rows[(iteration - self.start) // self.stride]
 
     def series(self, param: str, group: int = 0, start: int | None = None,
                stop: int | None = None) -> tuple[list[int], list[float]]:
         """(iterations, values) of one param of one group, optionally cut to [start, stop)."""
-        lo = max(self.start, self.start if start is None else start)
-        hi = min(self.stop, self.stop if stop is None else stop)
-        xs = list(range(lo, hi))
-        return xs, [self.rows[t - self.start][group][param] for t in xs]
+        lo = self.start if start is None else start
+        hi = self.stop if stop is None else stop
+        picked = [(t, row) for t, row in zip(self.iterations, self.rows, strict=True)
+                  if lo <= t < hi]
+        return [t for t, _ in picked], [row[group][param] for _, row in picked]
 
     def joined(self, other: Values) -> Values:
-        """These rows followed by ``other``'s (which must start at ``self.stop``)."""
+        """These rows followed by ``other``'s (which must start at ``self.stop``, with
+        the same stride)."""
         if not self.rows:
             return other
         if other.start != self.stop:
             raise ValueError(f"values from {other.start} do not continue {self.stop}")
+        if other.rows and other.stride != self.stride:
+            raise ValueError(f"values every {other.stride} iterations do not continue "
+                             f"values every {self.stride}")
         return Values(self.start, self.params, self.num_groups, self.rows + other.rows,
                       other.waits_for_epoch, other.generation or self.generation,
-                      other.max_iters or self.max_iters)
+                      other.max_iters or self.max_iters, self.stride)
 
 
 @dataclass(frozen=True, slots=True)

@@ -31,6 +31,7 @@ from grpc_reflection.v1alpha import reflection
 from paramsched.api.v1 import scheduler_pb2, scheduler_pb2_grpc
 
 from .auth import AuthConfigError, TokenRegistry
+from .errors import ServiceError
 from .grpc.interceptors import AuthInterceptor, MetricsInterceptor, RawRequestInterceptor
 from .grpc.servicer import SchedulerServicer
 from .observability import InstrumentedStore, Metrics, configure_logging
@@ -46,6 +47,31 @@ log = logging.getLogger("paramsched.server")
 def _env(name: str, default: str | None = None) -> str | None:
     """``PARAMSCHED_<name>``: every flag of ``serve`` has such a variable."""
     return os.environ.get(f"PARAMSCHED_{name}", default)
+
+
+def _at_least_one(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 1, got {text!r}")
+    return value
+
+def duration(text: str) -> float:
+    """Seconds from ``3600``, ``90s``, ``15m``, ``12h`` or ``30d`` (>= 0)."""
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+    raw = text.strip().lower()
+    scale = units.get(raw[-1:], 0)
+    try:
+        value = float(raw[:-1] if scale else raw) * (scale or 1)
+    except ValueError:
+        value = -1.0
+    if not value >= 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(
+            f"must be a duration like 3600, 90s, 15m, 12h or 30d, got {text!r}")
+    return value
+
 
 SERVICE_NAME = scheduler_pb2.DESCRIPTOR.services_by_name["SchedulerService"].full_name
 
@@ -77,6 +103,19 @@ class ServerConfig:
     state_key_file: str | None = None  # HMAC keys that sign checkpoint states
     http_port: int | None = None  # the web dashboard (server/web); None: off
     address_file: str | None = None  # written with HOST:PORT once the server listens
+    # Cost budget of one GetValues / PreviewSchedule page, in values (doubles) of the
+    # reply; None: a quarter of max_message_bytes in doubles (2 MiB of a 4 MiB limit).
+    max_values_cells: int | None = None
+    # The job cache's memory budget (bytes): least recently used jobs beyond it are
+    # dropped; loading one again costs a keyframe read and a replay of at most a plan.
+    cache_bytes: int = 256 * 1024 * 1024
+    # Worker threads for long computations; past max_compute_waiting queued ones the
+    # readiness health (service SERVICE_NAME) says NOT_SERVING, liveness ("") stays up.
+    compute_workers: int = 2
+    max_compute_waiting: int = 64
+    # Finished jobs are deleted (with their keyframes; the audit trail stays) this many
+    # seconds after a rank reported their end; 0 keeps them forever.
+    retention_seconds: float = 30 * 86400
 
 
 @dataclass
@@ -92,8 +131,13 @@ class RunningParts:
     tokens: TokenRegistry
     metrics_http: Any = None
     web: WebServer | None = None
+    readiness: asyncio.Task[None] | None = None
+    sweeper: asyncio.Task[None] | None = None
 
     async def close(self, grace: float | None = None) -> None:
+        for task in (self.readiness, self.sweeper):
+            if task is not None:
+                task.cancel()
         if self.web is not None:
             await self.web.close()
         await self.server.stop(grace)
@@ -155,7 +199,12 @@ async def build_parts(config: ServerConfig) -> RunningParts:
                        redis_wait_timeout=config.redis_wait_timeout)
     service = SchedulerService(InstrumentedStore(store, metrics),
                                default_plan_size=config.plan_size, events=metrics,
-                               state_keys=state_keys, auth_enabled=tokens.enabled)
+                               state_keys=state_keys, auth_enabled=tokens.enabled,
+                               max_values_cells=config.max_values_cells
+                               or config.max_message_bytes // 16,
+                               cache_bytes=config.cache_bytes,
+                               compute_workers=config.compute_workers,
+                               max_compute_waiting=config.max_compute_waiting)
     # Outermost first: count every RPC; refuse unusable raw bytes (oversized, not a
     # message) before anything reads the request; then authenticate (it reads job_id).
     interceptors: list[grpc.aio.ServerInterceptor] = [
@@ -174,6 +223,11 @@ async def build_parts(config: ServerConfig) -> RunningParts:
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     for name in ("", SERVICE_NAME):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    readiness = asyncio.get_running_loop().create_task(
+        watch_readiness(service, health_servicer))
+    sweeper = (asyncio.get_running_loop().create_task(
+        expire_finished_jobs(service, config.retention_seconds))
+        if config.retention_seconds > 0 else None)
     reflection.enable_server_reflection(
         (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
     address = f"[{config.host}]:{config.port}" if ":" in config.host else (
@@ -195,11 +249,51 @@ async def build_parts(config: ServerConfig) -> RunningParts:
                         ssl_context=context)
         await web.start()
     return RunningParts(server, port, store, service, health_servicer, metrics, tokens,
-                        metrics_http, web)
+                        metrics_http, web, readiness, sweeper)
+
+
+async def expire_finished_jobs(service: SchedulerService, retention: float) -> None:
+    """Delete finished jobs past their retention, every tenth of it (at most hourly);
+    every replica may do it: the store deletes a job only if it is still finished."""
+    period = min(max(retention / 10, 1.0), 3600.0)
+    while True:
+        await asyncio.sleep(period)
+        try:
+            await service.expire_finished(retention)
+        except ServiceError as exc:  # the store is down: try again next period
+            log.warning("expiring finished jobs failed: %s", exc)
+
+
+async def watch_readiness(service: SchedulerService, health_servicer: health.aio.HealthServicer,
+                          *, interval: float = 0.25, max_lag: float = 1.0) -> None:
+    """Readiness follows the server's load: NOT_SERVING for the SchedulerService name
+    while long computations queue past the budget or the event loop lags, so a load
+    balancer sends new ranks elsewhere; liveness (``""``) stays SERVING (the process is
+    fine, restarting it would only lose its caches)."""
+    loop = asyncio.get_running_loop()
+    ready = True
+    while True:
+        started = loop.time()
+        await asyncio.sleep(interval)
+        lag = loop.time() - started - interval
+        now_ready = not service.overloaded() and lag < max_lag
+        if now_ready != ready:
+            ready = now_ready
+            await health_servicer.set(SERVICE_NAME, health_pb2.HealthCheckResponse.SERVING
+                                      if ready else health_pb2.HealthCheckResponse.NOT_SERVING)
+            if ready:
+                log.info("ready again: the compute queue drained")
+            else:
+                log.warning("not ready: %d long computations wait (budget %d), event loop "
+                            "lag %.2f s", service.compute_waiting, service.max_compute_waiting,
+                            lag)
 
 
 async def serve(config: ServerConfig) -> None:
     """Run until SIGTERM/SIGINT; then finish in-flight RPCs and exit."""
+    # Long computations run in worker threads: hand the GIL back to the event loop
+    # (reports, health) every millisecond instead of every 5.
+    sys.setswitchinterval(0.001)
     parts = await build_parts(config)
     await parts.server.start()
     where = "redis " + _redact(config.redis_url) if config.redis_url else (
@@ -319,6 +413,28 @@ def make_parser() -> argparse.ArgumentParser:
     serve_p.add_argument("--http-port", type=int, default=int(_env("HTTP_PORT") or -1),
                          help="serve the web dashboard and its JSON API on this port, 0 "
                               "picks a free one (env PARAMSCHED_HTTP_PORT; default off)")
+    serve_p.add_argument("--max-values-cells", type=_at_least_one,
+                         default=_env("MAX_VALUES_CELLS"), metavar="N",
+                         help="cost budget of one GetValues / PreviewSchedule page: values "
+                              "returned (iterations x groups x params) plus iterations "
+                              "replayed; larger requests are paged (env "
+                              "PARAMSCHED_MAX_VALUES_CELLS; default 262144, 2 MiB of values)")
+    serve_p.add_argument("--cache-bytes", type=_at_least_one,
+                         default=int(_env("CACHE_BYTES") or 256 * 1024 * 1024), metavar="N",
+                         help="memory budget of the job cache in bytes; a job evicted from it "
+                              "loads again from its stored keyframe (env "
+                              "PARAMSCHED_CACHE_BYTES; default 268435456, 256 MiB)")
+    serve_p.add_argument("--retention", type=duration,
+                         default=duration(_env("RETENTION") or "30d"), metavar="DURATION",
+                         help="delete a finished job (and its keyframes; its audit trail "
+                              "stays) this long after a rank reported its end: seconds, or "
+                              "with a unit s/m/h/d; 0 keeps jobs forever (env "
+                              "PARAMSCHED_RETENTION; default 30d)")
+    serve_p.add_argument("--compute-workers", type=_at_least_one,
+                         default=int(_env("COMPUTE_WORKERS") or 2), metavar="N",
+                         help="worker threads for long computations (replays, previews); "
+                              "the server reports not ready while more than 64 wait (env "
+                              "PARAMSCHED_COMPUTE_WORKERS; default 2)")
     serve_p.add_argument("--address-file", default=_env("ADDRESS_FILE"), metavar="PATH",
                          help="write HOST:PORT there once listening, e.g. with --port 0 "
                               "(env PARAMSCHED_ADDRESS_FILE)")
@@ -341,6 +457,8 @@ def main(argv: list[str] | None = None) -> int:
             metrics_port=None if args.metrics_port < 0 else args.metrics_port,
             metrics_host=args.metrics_host, state_key_file=args.state_key_file,
             address_file=args.address_file,
+            max_values_cells=args.max_values_cells, cache_bytes=args.cache_bytes,
+            compute_workers=args.compute_workers, retention_seconds=args.retention,
             http_port=None if args.http_port < 0 else args.http_port)
         try:
             asyncio.run(serve(config))

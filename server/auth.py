@@ -4,13 +4,16 @@ Tokens come from a JSON document (a file, or the ``PARAMSCHED_TOKENS`` variable)
 
     {"tokens": [
         {"name": "platform", "token": "<secret>", "role": "admin"},
-        {"name": "team-a", "token": "<secret>", "jobs": ["job-42"], "job_prefixes": ["team-a-"]}
+        {"name": "team-a", "token": "<secret>", "jobs": ["job-42"], "job_prefixes": ["team-a-"],
+         "max_jobs": 100}
     ]}
 
 An admin token may do everything to every job. A job-scoped token may create, attach
 to, report on, resume and read the jobs it lists (by id or id prefix), and list those;
-deleting and changing jobs is for admins. Tokens are compared in constant time and are
-never logged; a principal is known by its ``name``.
+deleting and changing jobs is for admins. A job-scoped token has a quota of live jobs
+(``max_jobs``, default ``DEFAULT_MAX_JOBS``): creating one more is refused until
+finished jobs are deleted (or expire after the server's ``--retention``). Tokens are
+compared in constant time and are never logged; a principal is known by its ``name``.
 """
 
 from __future__ import annotations
@@ -22,6 +25,9 @@ from contextvars import ContextVar
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+#: A job-scoped token's quota of live jobs unless its entry gives ``max_jobs``.
+DEFAULT_MAX_JOBS = 1000
 
 
 class AuthConfigError(ValueError):
@@ -36,6 +42,7 @@ class Principal:
     admin: bool = False
     jobs: frozenset[str] = frozenset()
     job_prefixes: tuple[str, ...] = ()
+    max_jobs: int | None = None  # live jobs it may have (None: no quota, for admins)
 
     def may_access(self, job_id: str) -> bool:
         return self.admin or job_id in self.jobs or job_id.startswith(self.job_prefixes)
@@ -100,9 +107,15 @@ class TokenRegistry:
                     raise AuthConfigError(f"{where}.{key}: must be a list of non-empty strings")
             if role == "job" and not jobs and not prefixes:
                 raise AuthConfigError(f"{where}: a job-scoped token needs jobs or job_prefixes")
+            max_jobs = raw.get("max_jobs", DEFAULT_MAX_JOBS if role == "job" else None)
+            if max_jobs is not None and (isinstance(max_jobs, bool) or not isinstance(
+                    max_jobs, int) or max_jobs < 1):
+                raise AuthConfigError(f"{where}.max_jobs: must be an integer >= 1")
+            if role == "admin" and "max_jobs" in raw:
+                raise AuthConfigError(f"{where}.max_jobs: admin tokens have no quota")
             names.add(name)
             principal = Principal(name, admin=role == "admin", jobs=frozenset(jobs),
-                                  job_prefixes=tuple(prefixes))
+                                  job_prefixes=tuple(prefixes), max_jobs=max_jobs)
             entries.append(_Entry(secret.encode(), principal))
         return cls(entries)
 

@@ -58,3 +58,20 @@ class PermissionDenied(ServiceError):
 
 class Unavailable(ServiceError):
     code = "unavailable"
+
+
+class ResourceExhausted(ServiceError):
+    """The request would cost more than a server budget allows; ``budget`` names the
+    budget (a server option) and the message says what to ask instead."""
+
+    code = "resource_exhausted"
+
+    def __init__(self, message: str, *, budget: str) -> None:
+        self.budget = budget
+        super().__init__(message)
+
+
+class DeadlineExceeded(ServiceError):
+    """The caller's deadline passed before the work was done; the work stopped there."""
+
+    code = "deadline_exceeded"

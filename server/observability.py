@@ -15,7 +15,7 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
-from .store import JobRecord, JobStore
+from .store import JobRecord, JobStore, Keyframe
 from .store.base import JsonObjects
 
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 10)
@@ -94,8 +94,13 @@ class InstrumentedStore:
     async def list(self, prefix: str = "", after: str = "", limit: int = 100) -> list[JobRecord]:
         return await self._timed("list", self.inner.list(prefix, after, limit))
 
-    async def delete(self, job_id: str, audit_entry: dict[str, Any] | None = None) -> bool:
-        return await self._timed("delete", self.inner.delete(job_id, audit_entry))
+    async def delete(self, job_id: str, audit_entry: dict[str, Any] | None = None, *,
+                     finished_before: float | None = None) -> bool:
+        return await self._timed("delete", self.inner.delete(
+            job_id, audit_entry, finished_before=finished_before))
+
+    async def count(self, prefix: str = "", limit: int = 1000) -> int:
+        return await self._timed("count", self.inner.count(prefix, limit))
 
     async def report(self, job_id: str, **kwargs: Any) -> JobRecord:
         return await self._timed("report", self.inner.report(job_id, **kwargs))
@@ -114,6 +119,12 @@ class InstrumentedStore:
 
     async def audit(self, job_id: str) -> JsonObjects:
         return await self._timed("audit", self.inner.audit(job_id))
+
+    async def save_keyframe(self, job_id: str, keyframe: Keyframe) -> bool:
+        return await self._timed("save_keyframe", self.inner.save_keyframe(job_id, keyframe))
+
+    async def keyframe(self, job_id: str) -> Keyframe | None:
+        return await self._timed("keyframe", self.inner.keyframe(job_id))
 
     async def close(self) -> None:
         await self.inner.close()

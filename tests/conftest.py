@@ -1,7 +1,14 @@
+import os
 import pathlib
 import sys
+import tempfile
 
 sys.path.insert(0, str(pathlib.Path(__file__).parent))
+
+# A server started without --data-dir (in process or as a child process) uses
+# $XDG_DATA_HOME/paramsched: point it at a throwaway folder, so no test reads or leaves
+# jobs in the user's own store, and no run sees the jobs of an earlier one.
+os.environ["XDG_DATA_HOME"] = tempfile.mkdtemp(prefix="paramsched-tests-")
 
 
 # --- store fixtures: a real redis-server per session, every JobStore per test --------

@@ -44,6 +44,9 @@ class InProcessServer:
             # A server with tokens needs a key that signs checkpoint states.
             config["state_key_file"] = write_state_keys(
                 Path(tempfile.mkdtemp(prefix="paramsched-keys-")))
+        if data_dir is None and redis_url is None:
+            # Never the user's default data dir: every server starts on an empty store.
+            data_dir = Path(tempfile.mkdtemp(prefix="paramsched-store-"))
         self.config = ServerConfig(
             host=config.pop("host", "127.0.0.1"), port=0, data_dir=data_dir,
             redis_url=redis_url, plan_size=plan_size, **config,

@@ -727,27 +727,42 @@ def test_preview_starting_past_the_end_is_invalid_argument(stub: pb_grpc.Schedul
     assert code == grpc.StatusCode.INVALID_ARGUMENT, (code, details)
 
 
-async def _values_of_a_long_job() -> int:
+async def _values_of_a_long_job() -> tuple[list[tuple[int, int, bool]], list[float], list[float]]:
+    """A 5,000-iteration job over a budget of 1,000 cells: every page of GetValues(0,
+    0), as (start, rows, has a next token), the values joined and the one-piece answer."""
     with tempfile.TemporaryDirectory() as tmp:
         store = EmbeddedJobStore(Path(tmp))
         try:
-            service = SchedulerService(store, max_preview_iterations=1000)
+            service = SchedulerService(store, max_values_cells=1000)
             spec = {"param_scheduler": [{"type": "CosineAnnealingLR", "by_epoch": False}],
                     "initial_values": [{"lr": 0.1}], "max_iters": 5000}
             await service.attach("long", spec)
-            plan = await service.values("long", 0, 0)
-            return len(plan.values)
+            pages, joined, tokens = [], [], [""]
+            while True:
+                page = await service.values("long", 0, 0, page_token=tokens[-1])
+                pages.append((page.start, len(page.values), bool(page.next_page_token)))
+                joined += [row[0]["lr"] for row in page.values]
+                if not page.next_page_token:
+                    break
+                tokens.append(page.next_page_token)
+            with pytest.raises(InvalidArgument) as info:  # a token is bound to its request
+                await service.values("long", 1, 0, page_token=tokens[1])
+            assert info.value.field == "page_token"
+            service.max_values_cells = 10**9
+            whole = await service.values("long", 0, 0)
+            return pages, joined, [row[0]["lr"] for row in whole.values]
         finally:
             await store.close()
 
 
 def test_get_values_is_bounded_like_preview():
-    """GetValues(start=0, stop=0) computes and holds the whole job at once: for a job of
-    10^9 iterations (allowed) one call takes the server hours and all its memory. The
-    bound PreviewSchedule has (``max_preview_iterations``) must hold for it too."""
-    try:
-        count = asyncio.run(_values_of_a_long_job())
-    except InvalidArgument as exc:  # what we want
-        assert "iterations" in str(exc), exc
-        return
-    pytest.fail(f"GetValues returned {count} iterations, past max_preview_iterations=1000")
+    """GetValues(start=0, stop=0) once computed and held the whole job at once (for a
+    job of 10^9 iterations, hours and all the server's memory). Now a page holds what
+    ``max_values_cells`` allows and says where to go on; the pages join to the whole."""
+    pages, joined, whole = asyncio.run(_values_of_a_long_job())
+    first_start, first_rows, more = pages[0]
+    assert (first_start, more) == (0, True) and 0 < first_rows <= 1000
+    assert all(rows <= 1000 for _, rows, _ in pages) and not pages[-1][2]
+    starts = [start for start, _, _ in pages]
+    assert starts == [sum(rows for _, rows, _ in pages[:i]) for i in range(len(pages))]
+    assert len(joined) == 5001 and joined == whole

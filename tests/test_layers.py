@@ -133,3 +133,25 @@ def test_the_client_core_never_imports_torch():
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                             timeout=60)
     assert result.returncode == 0, result.stderr
+
+
+@pytest.mark.parametrize("framework", ["transformers", "accelerate"])
+def test_hugging_face_is_imported_only_by_its_integration(framework: str):
+    """``transformers`` / ``accelerate``: only ``paramsched.integrations.transformers``."""
+    found = {m: names for package in PACKAGES for m, names in imports_within(package).items()}
+    bad = [f"{m} imports {n}" for m, names in found.items() for n in names
+           if n.split(".")[0] == framework and m != "paramsched.integrations.transformers"]
+    assert not bad, bad
+    assert any(n.split(".")[0] == "transformers"
+               for n in found["paramsched.integrations.transformers"])
+
+
+@pytest.mark.parametrize("framework", ["lightning", "pytorch_lightning"])
+def test_lightning_is_imported_only_by_its_integration(framework: str):
+    """``lightning``: only ``paramsched.integrations.lightning``."""
+    found = {m: names for package in PACKAGES for m, names in imports_within(package).items()}
+    bad = [f"{m} imports {n}" for m, names in found.items() for n in names
+           if n.split(".")[0] == framework and m != "paramsched.integrations.lightning"]
+    assert not bad, bad
+    assert any(n.split(".")[0] == "lightning"
+               for n in found["paramsched.integrations.lightning"])

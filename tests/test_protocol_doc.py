@@ -219,7 +219,15 @@ def test_the_document_covers_every_rpc_and_every_status_code_it_promises():
     table = re.findall(r"^\| `([A-Z_]+)` \|", text, flags=re.M)
     assert set(table) == {"UNAVAILABLE", "DEADLINE_EXCEEDED", "ABORTED", "FAILED_PRECONDITION",
                           "INVALID_ARGUMENT", "OUT_OF_RANGE", "NOT_FOUND", "ALREADY_EXISTS",
-                          "PERMISSION_DENIED", "UNAUTHENTICATED"}
+                          "PERMISSION_DENIED", "UNAUTHENTICATED", "RESOURCE_EXHAUSTED"}
+    # Every budget the server refuses with RESOURCE_EXHAUSTED is named in its row.
+    row = next(line for line in text.splitlines() if line.startswith("| `RESOURCE_EXHAUSTED`"))
+    server = DOC.parent.parent / "server"
+    budgets = {b for source in server.rglob("*.py")
+               for b in re.findall(r'budget="(\w+)"', source.read_text())}
+    assert {"max_values_cells", "max_plan_size"} <= budgets
+    for budget in budgets:
+        assert f"`{budget}`" in row, budget
     assert "values[(i * num_groups + g) * len(params) + p]" in text
     for field in pb.Plan.DESCRIPTOR.fields:
         assert field.name in text, field.name

@@ -249,3 +249,17 @@ def test_history_of_an_id_that_never_had_a_job_is_not_found(stub: pb_grpc.Schedu
     assert info.value.code() == grpc.StatusCode.NOT_FOUND
     create(stub)
     assert list(stub.GetJobHistory(pb.GetJobHistoryRequest(job_id="j")).entries) == []
+
+
+def test_listings_and_get_job_agree_on_params_and_length_after_changes(
+        stub: pb_grpc.SchedulerServiceStub):
+    """A replace change without explicit params schedules what its configs name; a
+    listing builds the schedule the same way as GetJob (one builder)."""
+    create(stub)
+    stub.RescheduleJob(Req(job_id="j", param_scheduler_json=json.dumps(
+        [dict(type="CosineAnnealingMomentum", T_max=4, by_epoch=False)])))
+    stub.RescheduleJob(Req(job_id="j", mode=Req.STRETCH, max_iters=60))
+    got = stub.GetJob(pb.GetJobRequest(job_id="j")).job
+    listed = next(j for j in stub.ListJobs(pb.ListJobsRequest()).jobs if j.job_id == "j")
+    assert list(got.params) == ["lr", "momentum"] and got.max_iters == 60
+    assert list(listed.params) == list(got.params) and listed.max_iters == got.max_iters

@@ -46,9 +46,10 @@ def test_sigterm_finishes_in_flight_requests_then_exits_zero(tmp_path: Path):
             stub.GetJob(pb.GetJobRequest(job_id="absent"))
         assert server.proc is not None
         busy_before = cpu_seconds(server.proc.pid)
-        # The last few iterations of a long schedule: over a second of replay, a small reply.
+        # A few iterations deep into a long schedule: a replay from 0 of most of the cost
+        # budget (max_values_cells), so a good share of a second, for a small reply.
         in_flight = stub.PreviewSchedule.future(pb.PreviewScheduleRequest(
-            spec=spec, start_iteration=899_990))
+            spec=spec, start_iteration=250_000, stop_iteration=250_011))
         # Once the server has burnt some CPU the request is surely in flight (a fixed
         # sleep would race on a loaded machine).
         deadline = time.monotonic() + 60
@@ -57,7 +58,7 @@ def test_sigterm_finishes_in_flight_requests_then_exits_zero(tmp_path: Path):
             time.sleep(0.02)
         assert server.terminate() == 0
         reply = in_flight.result(timeout=30)
-        assert reply.plan.start_iteration == 899_990 and reply.plan.num_iterations == 11
+        assert reply.plan.start_iteration == 250_000 and reply.plan.num_iterations == 11
         assert any("stopped" in line for line in server.log)
         channel.close()
     finally:

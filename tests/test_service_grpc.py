@@ -448,15 +448,22 @@ def test_health_and_reflection(tmp_path: Path):
 
 
 def test_a_long_cold_replay_does_not_stall_other_requests(tmp_path: Path):
-    """A report far into a long job on a cold cache replays in a worker thread; a small
-    job's report meanwhile is answered before it (ordering, not a timing threshold)."""
+    """Loading a checkpoint far into a long job without its keyframe (an older server's
+    state) replays in a worker thread; a small job's report meanwhile is answered before
+    it (ordering, not a timing threshold)."""
     long_cfg = [dict(type="CosineAnnealingLR", by_epoch=False, T_max=3_000_000)]
     with serving(data_dir=tmp_path) as (_, stub):
         stub.AttachJob(pb.AttachJobRequest(job_id="long", spec=spec_proto(
             long_cfg, [{"lr": 0.1}] * 3, max_epochs=None, max_iters=3_000_000)))
         stub.AttachJob(pb.AttachJobRequest(job_id="small", spec=spec_proto(WARMUP_COSINE)))
-        far = stub.ReportProgress.future(pb.ReportProgressRequest(
-            job_id="long", generation=1, iteration=2_900_000))
+        state = payload_of(stub.GetState(pb.GetStateRequest(job_id="long",
+                                                            iteration=0)).state_json)
+        state.update(iteration=2_900_000)
+        state.pop("keyframe", None)
+        unsigned = json.dumps({"format": "paramsched.schedule/v2", "payload": json.dumps(state),
+                               "key_id": "", "signature": ""})
+        far = stub.LoadState.future(pb.LoadStateRequest(job_id="long", state_json=unsigned,
+                                                        run_id="r2"))
         quick = stub.ReportProgress(pb.ReportProgressRequest(job_id="small", generation=1,
                                                              iteration=3))
         assert decode(quick.plan)[0] == engine_values(WARMUP_COSINE)[3]

@@ -32,6 +32,7 @@ from paramsched.server.store import (
     JobNotFound,
     JobRecord,
     JobStore,
+    Keyframe,
     RankOutOfRange,
     RedisJobStore,
     StaleGeneration,
@@ -204,6 +205,97 @@ class TestJobStoreContract:
             fresh, created = await job_store.create(make_record())
             assert created and fresh.progress == {} and fresh.decisions == {}
             assert await job_store.get("job-a") == make_record()
+
+        store_loop.run(scenario())
+
+    # -- keyframes ------------------------------------------------------------------
+
+    def test_a_keyframe_is_kept_per_incarnation_and_generation_and_only_moves_forward(
+        self, job_store: JobStore, store_loop: asyncio.Runner
+    ) -> None:
+        async def scenario() -> None:
+            assert await job_store.keyframe("job-a") is None
+            assert not await job_store.save_keyframe("job-a", Keyframe("i1", 1, 5, "{}"))
+            await job_store.create(make_record(incarnation="i1"))
+            tricky = '{"x":[' + ",".join(repr(x) for x in TRICKY_FLOATS) + "]}"
+            assert await job_store.save_keyframe("job-a", Keyframe("i1", 1, 512, tricky))
+            assert await job_store.keyframe("job-a") == Keyframe("i1", 1, 512, tricky)
+            # Not backwards, not at the same iteration, not for another identity.
+            assert not await job_store.save_keyframe("job-a", Keyframe("i1", 1, 100, "{}"))
+            assert not await job_store.save_keyframe("job-a", Keyframe("i1", 1, 512, "{}"))
+            assert not await job_store.save_keyframe("job-a", Keyframe("i2", 1, 900, "{}"))
+            assert not await job_store.save_keyframe("job-a", Keyframe("i1", 2, 900, "{}"))
+            assert await job_store.save_keyframe("job-a", Keyframe("i1", 1, 1024, "{}"))
+            assert (await job_store.keyframe("job-a")).iteration == 1024  # type: ignore[union-attr]
+            # A new generation may start lower: the old keyframe is not its own.
+            await load(job_store, min_generation=2, incarnation="i1")
+            generation = (await job_store.get("job-a")).generation  # type: ignore[union-attr]
+            assert await job_store.save_keyframe("job-a", Keyframe("i1", generation, 300, "{}"))
+            assert await job_store.keyframe("job-a") == Keyframe("i1", generation, 300, "{}")
+            # The keyframe goes with the job; a job created again starts without one.
+            assert await job_store.delete("job-a")
+            assert await job_store.keyframe("job-a") is None
+            await job_store.create(make_record(incarnation="i3"))
+            assert await job_store.keyframe("job-a") is None
+
+        store_loop.run(scenario())
+
+    # -- retention --------------------------------------------------------------------
+
+    def test_finished_at_is_set_once_and_cleared_by_a_change_or_a_resume(
+        self, job_store: JobStore, store_loop: asyncio.Runner
+    ) -> None:
+        async def scenario() -> None:
+            await job_store.create(make_record())
+            r = await job_store.report("job-a", generation=1, rank=0, iteration=5)
+            assert r.finished_at == 0.0
+            r = await job_store.report("job-a", generation=1, rank=0, iteration=9,
+                                       finished_at=1000.5)
+            assert r.finished_at == 1000.5
+            r = await job_store.report("job-a", generation=1, rank=1, iteration=9,
+                                       finished_at=2000.0)
+            assert r.finished_at == 1000.5  # the first end counts
+            assert (await job_store.get("job-a")).finished_at == 1000.5  # type: ignore[union-attr]
+            r = await job_store.reschedule("job-a", generation=1, expected_changes=0,
+                                           override={"from_iteration": 20},
+                                           audit_entry={"action": "extend"})
+            assert r.finished_at == 0.0
+            await job_store.report("job-a", generation=1, rank=0, iteration=30, finished_at=3.0)
+            record, _ = await load(job_store)
+            assert record.finished_at == 0.0
+
+        store_loop.run(scenario())
+
+    def test_delete_finished_before_removes_only_jobs_finished_by_then(
+        self, job_store: JobStore, store_loop: asyncio.Runner
+    ) -> None:
+        async def scenario() -> None:
+            for name in ("old", "new", "live"):
+                await job_store.create(make_record(name))
+            await job_store.report("old", generation=1, rank=0, iteration=9, finished_at=100.0)
+            await job_store.report("new", generation=1, rank=0, iteration=9, finished_at=900.0)
+            assert not await job_store.delete("live", finished_before=500.0)
+            assert not await job_store.delete("new", finished_before=500.0)
+            assert not await job_store.delete("nobody", finished_before=500.0)
+            assert await job_store.delete("old", {"action": "expire"}, finished_before=500.0)
+            assert sorted(r.job_id for r in await job_store.list()) == ["live", "new"]
+            assert (await job_store.audit("old"))[-1] == {"action": "expire"}
+            assert await job_store.count() == 2
+
+        store_loop.run(scenario())
+
+    def test_count_counts_ids_under_a_prefix_up_to_a_limit(
+        self, job_store: JobStore, store_loop: asyncio.Runner
+    ) -> None:
+        async def scenario() -> None:
+            for name in ("team-a-1", "team-a-2", "team-a-3", "team-b-1", "team-"):
+                await job_store.create(make_record(name))
+            assert await job_store.count("team-a-") == 3
+            assert await job_store.count("team-a-", limit=2) == 2
+            assert await job_store.count("team-") == 5
+            assert await job_store.count("nope") == 0
+            await job_store.delete("team-a-2")
+            assert await job_store.count("team-a-") == 2
 
         store_loop.run(scenario())
 

@@ -13,6 +13,9 @@ iterations (``count="manual"``) where the stock ParamSchedulerHook steps, so gra
 accumulation and AMP steps skipped by the GradScaler count as in MMEngine; the
 OptimWrapper's hidden base group (two or more groups) is scheduled as MMEngine does.
 Checkpoints carry ``checkpoint["paramsched"]``; ``resume=True`` restores it.
+ReduceOnPlateau gets the Runner's validation metrics (``after_val_epoch``): at epoch
+ends, or in an ``IterBasedTrainLoop`` at its validation points (the job's
+``val_interval``: every ``train_cfg.val_interval`` iterations and after the last one).
 """
 
 from __future__ import annotations
@@ -71,8 +74,8 @@ def _initial_groups(wrapper: Any, schedulers: list[Any]) -> _Initial:
             if type(scheduler).__name__.startswith("OneCycle"):
                 g.pop(f"max_{name}", None)
                 g.pop(f"min_{name}", None)
-        if name in seen:
-            continue
+        if name in seen or not hasattr(scheduler, "base_values"):
+            continue  # ReduceOnPlateau keeps none: building it changes no value
         seen.add(name)
         for g, value in zip(groups, scheduler.base_values, strict=True):
             if name == "momentum" and betas and "betas" in g:
@@ -102,8 +105,10 @@ class ParamschedHook(Hook):
         self.client_options = client_options
         self._client: Client | None = None
         self._handles: dict[str, Any] = {}
-        self._owed = False  # an epoch ended whose validation decision is not given yet
+        # An epoch ended, or a validation point passed, whose decision is not given yet.
+        self._owed = False
         self._epoch_based = True
+        self._val_interval: int | None = None  # IterBasedTrainLoop with a val loop
 
     # ------------------------------------------------------------------ attach
 
@@ -122,6 +127,9 @@ class ParamschedHook(Hook):
             length["max_epochs"] = loop.max_epochs
         else:
             length["max_iters"] = loop.max_iters
+            if runner.val_loop is not None:  # validation inside the one epoch
+                self._val_interval = length["val_interval"] = self._validation_points(
+                    loop, built)
         wrapper = runner.optim_wrapper
         if isinstance(built, dict):
             pairs = [(name, wrapper[name], built[name],
@@ -138,6 +146,25 @@ class ParamschedHook(Hook):
                 count="manual", **length)
         runner.param_schedulers = None  # the Runner's own never step
 
+    @staticmethod
+    def _validation_points(loop: Any, built: Any) -> int:
+        """``train_cfg.val_interval``: the job's validation points. MMEngine's
+        ``dynamic_intervals`` change the interval mid-run, which a job's fixed points
+        cannot follow where ReduceOnPlateau reads them."""
+        schedulers = [s for group in (built.values() if isinstance(built, dict) else [built])
+                      for s in group]
+        if len(loop.dynamic_intervals) > 1 and any(
+                getattr(s, "need_val_args", False) for s in schedulers):
+            raise ValueError(
+                "ParamschedHook: train_cfg.dynamic_intervals with ReduceOnPlateau is not "
+                "supported (a paramsched job validates every val_interval iterations)")
+        return int(loop.val_interval)
+
+    def _is_point(self, done: int, max_iters: int) -> bool:
+        """Whether the loop validates (or may: ``val_begin``) after ``done`` iterations."""
+        interval = self._val_interval
+        return interval is not None and done > 0 and (done % interval == 0 or done == max_iters)
+
     def after_load_checkpoint(self, runner: Any, checkpoint: dict) -> None:
         states = checkpoint.get(CHECKPOINT_KEY)
         if not self._handles or not getattr(runner, "_resume", False) or not states:
@@ -145,8 +172,13 @@ class ParamschedHook(Hook):
         for job, handle in self._handles.items():
             handle.load_state_dict(states["jobs"][job])
             length = handle.job.epoch_length
-            self._owed = bool(self._epoch_based and handle.iteration and length
-                              and handle.iteration % length == 0)
+            # Saved before that epoch's (or point's) validation, which a resume never
+            # reruns: it is owed, and counts as not validated.
+            if self._epoch_based:
+                self._owed = bool(handle.iteration and length
+                                  and handle.iteration % length == 0)
+            else:
+                self._owed = self._is_point(handle.iteration, handle.job.spec.max_iters)
 
     def before_train(self, runner: Any) -> None:
         for handle in self._handles.values():
@@ -167,6 +199,9 @@ class ParamschedHook(Hook):
                          outputs: Any = None) -> None:
         for handle in self._handles.values():
             handle.step()
+        if self._val_interval is not None and self._handles:
+            # The val loop (if it runs here: val_begin) follows this hook.
+            self._owed = self._is_point(runner.iter + 1, runner.max_iters)
 
     def after_train_epoch(self, runner: Any) -> None:
         if self._epoch_based and self._handles:
@@ -174,7 +209,7 @@ class ParamschedHook(Hook):
 
     def after_val_epoch(self, runner: Any, metrics: dict | None = None) -> None:
         if self._owed:
-            self._end_epoch(metrics)
+            self._decide(metrics)
 
     def after_train(self, runner: Any) -> None:
         self._settle()
@@ -187,12 +222,15 @@ class ParamschedHook(Hook):
 
     def _settle(self) -> None:
         if self._owed:
-            self._end_epoch(None)  # not validated this epoch
+            self._decide(None)  # not validated this epoch (or at this point)
 
-    def _end_epoch(self, metrics: dict | None) -> None:
+    def _decide(self, metrics: dict | None) -> None:
         self._owed = False
         for handle in self._handles.values():
-            handle.end_epoch(metrics)
+            if self._epoch_based:
+                handle.end_epoch(metrics)
+            else:
+                handle.record_validation(metrics)
 
     # ------------------------------------------------------------------ checkpoints
 

@@ -6,9 +6,11 @@ logged and answered INTERNAL, so no request can take the server down.
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import json
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
@@ -20,6 +22,7 @@ from paramsched.api.v1 import scheduler_pb2_grpc as pb_grpc
 from ..errors import FailedPrecondition, InvalidArgument, ServiceError
 from ..service import JobView, Plan, SchedulerService
 from ..service.inputs import parse_json
+from ..service.pages import Page
 
 MODES = {pb.RescheduleJobRequest.REPLACE: "replace", pb.RescheduleJobRequest.MULTIPLY: "multiply",
          pb.RescheduleJobRequest.STRETCH: "stretch"}
@@ -35,6 +38,8 @@ _STATUS = {
     "out_of_range": grpc.StatusCode.OUT_OF_RANGE,
     "permission_denied": grpc.StatusCode.PERMISSION_DENIED,
     "unavailable": grpc.StatusCode.UNAVAILABLE,
+    "resource_exhausted": grpc.StatusCode.RESOURCE_EXHAUSTED,
+    "deadline_exceeded": grpc.StatusCode.DEADLINE_EXCEEDED,
 }
 # Trailing metadata on FAILED_PRECONDITION: why the rank is fenced, in one word
 # (generation, incarnation, lost), so a client can say what to do.
@@ -104,6 +109,8 @@ def spec_to_dict(spec: pb.JobSpec) -> dict[str, Any]:
         data["dtypes"] = dtypes
     if spec.HasField("semantics"):
         data["semantics"] = spec.semantics
+    if spec.HasField("val_interval"):
+        data["val_interval"] = spec.val_interval
     return data
 
 
@@ -118,7 +125,8 @@ def spec_to_proto(data: dict[str, Any]) -> pb.JobSpec:
                 message.values[key] = value
     for group_dtypes, message in zip(data.get("dtypes") or (), spec.initial_values, strict=False):
         message.dtypes.update(group_dtypes)
-    for key in ("epoch_length", "max_epochs", "max_iters", "max_jump_factor", "semantics"):
+    for key in ("epoch_length", "max_epochs", "max_iters", "max_jump_factor", "semantics",
+                "val_interval"):
         if data.get(key) is not None:
             setattr(spec, key, data[key])
     for name, (low, high) in (data.get("bounds") or {}).items():
@@ -145,6 +153,32 @@ def plan_to_proto(plan: Plan) -> pb.Plan:
     if plan.waits_for_epoch is not None:
         message.waits_for_epoch = plan.waits_for_epoch
     return message
+
+
+#: Plans with more values than this are converted in a worker thread: a 2 MiB page
+#: takes tens of milliseconds of Python, which the event loop must not spend.
+INLINE_PLAN_CELLS = 16_384
+
+
+async def converted(convert: Callable[[Any], pb.Plan], plan: Plan) -> pb.Plan:
+    """``convert(plan)``, off the event loop when the plan is big."""
+    if len(plan.values) * plan.num_groups * len(plan.params) <= INLINE_PLAN_CELLS:
+        return convert(plan)
+    return await asyncio.to_thread(convert, plan)
+
+
+def page_to_proto(page: Page) -> pb.Plan:
+    """A page of GetValues / PreviewSchedule: a plan, with its stride when > 1."""
+    message = plan_to_proto(page)
+    if page.stride > 1:
+        message.stride = page.stride
+    return message
+
+
+def _deadline(context: grpc.aio.ServicerContext) -> float | None:
+    """The caller's deadline on this process's monotonic clock (None: none given)."""
+    remaining = context.time_remaining()
+    return None if remaining is None else time.monotonic() + remaining
 
 
 def job_to_proto(view: JobView) -> pb.Job:
@@ -184,7 +218,7 @@ class SchedulerServicer(pb_grpc.SchedulerServiceServicer):
             request.job_id, spec, world_size=request.world_size, rank=request.rank,
             plan_size=request.plan_size, run_id=request.run_id, start_over=request.start_over)
         return pb.AttachJobResponse(job=job_to_proto(attached.view), created=attached.created,
-                                    plan=plan_to_proto(attached.plan),
+                                    plan=await converted(plan_to_proto, attached.plan),
                                     resume_required=attached.resume_required)
 
     @_mapped
@@ -208,21 +242,25 @@ class SchedulerServicer(pb_grpc.SchedulerServiceServicer):
     async def ReportProgress(self, request: pb.ReportProgressRequest,
                              context: grpc.aio.ServicerContext) -> pb.ReportProgressResponse:
         epoch_end = request.epoch_end if request.HasField("epoch_end") else None
+        validation_at = request.validation_at if request.HasField("validation_at") else None
         metrics = dict(request.metrics) if request.has_metrics else None
-        if epoch_end is None and request.has_metrics:
-            raise InvalidArgument("metrics are only accepted with epoch_end", field="has_metrics")
+        if epoch_end is None and validation_at is None and request.has_metrics:
+            raise InvalidArgument("metrics are only accepted with epoch_end or validation_at",
+                                  field="has_metrics")
         plan = await self.service.report(
             request.job_id, generation=request.generation, rank=request.rank,
-            iteration=request.iteration, epoch_end=epoch_end, metrics=metrics,
-            plan_size=request.plan_size, incarnation=request.incarnation)
-        return pb.ReportProgressResponse(plan=plan_to_proto(plan))
+            iteration=request.iteration, epoch_end=epoch_end, validation_at=validation_at,
+            metrics=metrics, plan_size=request.plan_size, incarnation=request.incarnation)
+        return pb.ReportProgressResponse(plan=await converted(plan_to_proto, plan))
 
     @_mapped
     async def GetValues(self, request: pb.GetValuesRequest,
                         context: grpc.aio.ServicerContext) -> pb.GetValuesResponse:
-        plan = await self.service.values(request.job_id, request.start_iteration,
-                                         request.stop_iteration)
-        return pb.GetValuesResponse(plan=plan_to_proto(plan))
+        page = await self.service.values(
+            request.job_id, request.start_iteration, request.stop_iteration,
+            stride=request.stride, page_token=request.page_token, deadline=_deadline(context))
+        return pb.GetValuesResponse(plan=await converted(page_to_proto, page),
+                                    next_page_token=page.next_page_token)
 
     @_mapped
     async def GetState(self, request: pb.GetStateRequest,
@@ -249,9 +287,12 @@ class SchedulerServicer(pb_grpc.SchedulerServiceServicer):
             epoch: (dict(d.metrics) if d.has_metrics else None)
             for epoch, d in request.decisions.items()
         }
-        plan = await self.service.preview(spec_to_dict(request.spec), request.start_iteration,
-                                    request.stop_iteration, decisions)
-        return pb.PreviewScheduleResponse(plan=plan_to_proto(plan))
+        page = await self.service.preview(
+            spec_to_dict(request.spec), request.start_iteration, request.stop_iteration,
+            decisions, stride=request.stride, page_token=request.page_token,
+            deadline=_deadline(context))
+        return pb.PreviewScheduleResponse(plan=await converted(page_to_proto, page),
+                                          next_page_token=page.next_page_token)
 
     @_mapped
     async def RescheduleJob(self, request: pb.RescheduleJobRequest,

@@ -11,7 +11,10 @@ This module holds the Runner's build rules, each in one place:
   periods (``step_size``, ``milestones``, ``T_max``, ``periods``, ``total_steps``) are
   multiplied by ``epoch_length``, and ``by_epoch`` becomes False;
 * ``WarmupStableDecay{LR,Momentum,ParamScheduler}`` is paramsched's own type (see
-  ``rules.WarmupStableDecayRule``), not MMEngine's;
+  ``rules.WarmupStableDecayRule``), not MMEngine's; so are the Hugging Face schedules
+  ``HF<Name>{LR,ParamScheduler}`` (``HFLinearLR``, ...: see ``hf.py``), and torch's own
+  schedulers ``Torch<Name>{LR,Momentum,ParamScheduler}`` (``TorchLinearLR``, ...: torch's
+  arithmetic and stepping, no window by default: see ``torch_semantics.py``);
 * ``Momentum`` types drive ``momentum``, or ``betas[0]`` when the groups have ``betas``
   and no ``momentum`` (Adam-style); ``*ParamScheduler`` types drive ``param_name``. With
   Adam (semantics 2) the ``momentum`` key a Momentum scheduler adds is its own value: a
@@ -41,6 +44,7 @@ from typing import Any
 
 from . import fields as f
 from .errors import ConfigError
+from .hf import HF_KINDS, HF_PERIOD_FIELDS, build_hf_rule, hf_fields
 from .rules import (
     ConstantRule,
     CosineAnnealingRule,
@@ -56,6 +60,7 @@ from .rules import (
     StepRule,
     WarmupStableDecayRule,
 )
+from .torch_semantics import TORCH_KINDS, build_torch_rule, torch_fields
 
 INF = 10**9  # MMEngine's "no end" (int(1e9)); kept unscaled by convert_to_iter_based.
 Number = int | float
@@ -142,6 +147,10 @@ KIND_FIELDS: dict[str, dict[str, tuple[f.Check, Any]]] = {
         "eps": (f.number(), 1e-8),
     },
 }
+# Hugging Face schedules (HFLinearLR, ...): paramsched's own closed forms, see hf.py.
+KIND_FIELDS.update(hf_fields(REQUIRED))
+# torch.optim.lr_scheduler semantics (TorchLinearLR, ...): see torch_semantics.py.
+KIND_FIELDS.update(torch_fields(REQUIRED))
 
 # Fields multiplied by epoch_length under convert_to_iter_based.
 PERIOD_FIELDS = {
@@ -152,6 +161,7 @@ PERIOD_FIELDS = {
     "OneCycle": ("total_steps",),
     "WarmupStableDecay": ("warmup_iters", "decay_begin", "decay_iters"),
 }
+PERIOD_FIELDS.update(HF_PERIOD_FIELDS)
 
 FAMILIES = (("ParamScheduler", None), ("Momentum", "momentum"), ("LR", "lr"))
 
@@ -198,10 +208,41 @@ class JobSpec:
     # and the largest factor a change may jump a value by without being forced.
     bounds: tuple[tuple[str, float | None, float | None], ...] = ()
     max_jump_factor: float | None = None
+    # Iteration-based jobs: validation (ReduceOnPlateau decisions) every val_interval
+    # iterations and after the last one, as MMEngine's IterBasedTrainLoop validates.
+    val_interval: int | None = None
 
     @property
     def epoch_based(self) -> bool:
         return self.max_epochs is not None
+
+    # -- validation points: where ReduceOnPlateau decisions are due ------------------
+    # Decision k of an epoch-based job follows epoch k; of a job with val_interval K,
+    # the validation after min((k + 1) * K, max_iters) iterations. The one place that
+    # maps decision keys to iterations.
+    def decisions_done(self, done: int) -> int:
+        """How many validation points lie within the first ``done`` iterations (the keys
+        of the decisions made by then are ``range(decisions_done(done))``)."""
+        if self.epoch_based:
+            return done // self.epoch_length if self.epoch_length else 0
+        if self.val_interval is None:
+            return 0
+        if done >= self.max_iters:
+            return -(-self.max_iters // self.val_interval)
+        return done // self.val_interval
+
+    def decision_at(self, done: int) -> int | None:
+        """The key of the decision due after ``done`` iterations, or None (no point)."""
+        if done < 1 or done > self.max_iters:
+            return None
+        before = self.decisions_done(done - 1)
+        return before if self.decisions_done(done) > before else None
+
+    def decision_iteration(self, key: int) -> int:
+        """The iterations done when decision ``key`` is due (the inverse of decision_at)."""
+        if self.epoch_based:
+            return (key + 1) * (self.epoch_length or 0)
+        return min((key + 1) * (self.val_interval or 0), self.max_iters)
 
     @property
     def num_groups(self) -> int:
@@ -223,6 +264,8 @@ class JobSpec:
             data["bounds"] = {p: [lo, hi] for p, lo, hi in self.bounds}
         if self.max_jump_factor is not None:
             data["max_jump_factor"] = self.max_jump_factor
+        if self.val_interval is not None:  # absent otherwise: older jobs keep their hash
+            data["val_interval"] = self.val_interval
         return data
 
     @classmethod
@@ -238,6 +281,7 @@ class JobSpec:
             max_jump_factor=data.get("max_jump_factor"),
             semantics=data.get("semantics", 1),
             dtypes=data.get("dtypes"),
+            val_interval=data.get("val_interval"),
         )
 
 
@@ -309,17 +353,18 @@ def split_type(type_name: Any, index: int) -> tuple[str, str | None]:
     if not isinstance(type_name, str):
         raise ConfigError("must be a scheduler type name (a string)", field="type", index=index)
     # MMEngine's registry resolves its own scope: "mmengine.LinearLR" is "LinearLR".
-    # paramsched's own WarmupStableDecay is no MMEngine type, so it takes no scope.
+    # paramsched's own WarmupStableDecay and HF types are no MMEngine types: no scope.
     name = type_name.removeprefix(f"{MMENGINE_SCOPE}.")
     for suffix, param in FAMILIES:
         kind = name.removesuffix(suffix)
         if kind != name and kind in KIND_FIELDS and not (
-                name != type_name and kind == "WarmupStableDecay"):
-            if kind == "OneCycle" and param == "momentum":
+                name != type_name and (kind == "WarmupStableDecay" or kind in HF_KINDS)):
+            if (kind == "OneCycle" or kind in HF_KINDS) and param == "momentum":
                 break
             return kind, param
     known = sorted(
-        k + s for k in KIND_FIELDS for s, _ in FAMILIES if not (k == "OneCycle" and s == "Momentum")
+        k + s for k in KIND_FIELDS for s, _ in FAMILIES
+        if not ((k == "OneCycle" or k in HF_KINDS) and s == "Momentum")
     )
     close = difflib.get_close_matches(type_name, known, n=1)
     hint = f"; did you mean {close[0]!r}?" if close else ""
@@ -437,6 +482,7 @@ def build_job_spec(
     max_jump_factor: float | None = None,
     semantics: int | None = None,
     dtypes: Any = None,
+    val_interval: int | None = None,
 ) -> JobSpec:
     """Validate a job and build its schedulers, the way MMEngine's Runner would.
 
@@ -446,6 +492,7 @@ def build_job_spec(
     ``max_epochs`` (epoch-based loop, needs ``epoch_length``) or ``max_iters``.
     ``semantics``: the engine semantics version (None: the current one, for a new job).
     ``dtypes``: per group, ``{param: "float32"}`` for values held as float32 tensors.
+    ``val_interval``: an iteration-based job's validation points (``JobSpec.val_interval``).
     """
     version = check_semantics(semantics)
     groups, epoch_length, max_epochs, total_iters = _validate_job(
@@ -492,6 +539,14 @@ def build_job_spec(
         configs.append(dict(cfg))
     scheduled = tuple(dict.fromkeys(s.param for s in specs))
     guard_bounds, jump = _guardrails(bounds, max_jump_factor)
+    if val_interval is not None:
+        try:
+            f.integer(low=1)(val_interval)
+        except f.Invalid as exc:
+            raise ConfigError(str(exc), field="val_interval") from None
+        if max_epochs is not None:
+            raise ConfigError("is for iteration-based jobs (max_iters); an epoch-based job "
+                              "validates at its epoch ends", field="val_interval")
     return JobSpec(
         param_scheduler=tuple(configs),
         initial_values=groups,
@@ -505,6 +560,7 @@ def build_job_spec(
         float32=float32,
         bounds=guard_bounds,
         max_jump_factor=jump,
+        val_interval=val_interval,
     )
 
 
@@ -517,8 +573,8 @@ def _build_one(
     by_epoch: bool = v["by_epoch"]
     convert: bool = v["convert_to_iter_based"]
     begin, end = v["begin"], v["end"]
-    if end is None:
-        end = job.loop_epochs if by_epoch else job.max_iters
+    if end is None:  # torch's schedulers have no window: Torch types default to no end
+        end = INF if kind in TORCH_KINDS else job.loop_epochs if by_epoch else job.max_iters
     if kind == "ReduceOnPlateau":
         if not by_epoch:
             raise fail("by_epoch", "ReduceOnPlateau only supports by_epoch=True")
@@ -602,6 +658,10 @@ def _build_one(
         rule = WarmupStableDecayRule(v["warmup_iters"], v["warmup_start_factor"],
                                      v["decay_begin"], v["decay_iters"], v["decay_shape"],
                                      v["min_ratio"])
+    elif kind in HF_KINDS:
+        rule = build_hf_rule(kind, v, begin, end, steps, fail)
+    elif kind in TORCH_KINDS:
+        rule = build_torch_rule(kind, param, v, begin, by_epoch, job.groups, fail)
     else:
         rule = _plateau(v, job, fail)
     return SchedulerSpec(index, type_name, kind, param, by_epoch, begin, end, rule)

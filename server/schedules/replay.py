@@ -10,6 +10,13 @@ Order of events, which is the whole of MMEngine's timing semantics:
    list order (ReduceOnPlateau only counts the epoch), then every ReduceOnPlateau
    scheduler steps with that epoch's validation metrics, if given. An iteration-based
    job (IterBasedTrainLoop) has one epoch, ending after its last iteration.
+4. An iteration-based job with ``val_interval`` validates inside that one epoch: after
+   iterations ``val_interval``, ``2 * val_interval``, ... and after the last one, the
+   iteration schedulers step (2.), then every ReduceOnPlateau steps with that
+   validation's metrics, if given (MMEngine's ``IterBasedTrainLoop`` runs its val loop
+   between ``after_train_iter`` and, at the very end, ``after_train_epoch``). A plateau's
+   global step counts epoch ends only, so it is 0 at every one of these checks: its
+   window must hold 0 (the default ``begin=0``) for it to act.
 
 A scheduler's step increments its global step; only inside ``[begin, end)`` does it
 increment ``last_step`` (``k``) and apply its rule.
@@ -105,6 +112,9 @@ class Replayer:
         self.iter_idx = [i for i, s in enumerate(self.scheds) if not s.by_epoch]
         self.epoch_idx = [i for i, s in enumerate(self.scheds) if s.by_epoch]
         self.plateau_idx = [i for i, s in enumerate(self.scheds) if s.is_plateau]
+        # Validation points inside an iteration-based loop (only plateaus read them).
+        self.val_interval = (spec.val_interval if self.plateau_idx and not spec.epoch_based
+                             else None)
         # Semantics 2, Adam-style: the ``momentum`` key and betas[0] are two values; every
         # step of a Momentum scheduler (inside its window or not) copies the key into
         # betas[0]; building one first resets the key from betas[0] (MMEngine's mixin).
@@ -184,12 +194,17 @@ class Replayer:
 
     # -- epoch ends and validation decisions ------------------------------------------
     def active_plateaus(self, epoch: int) -> list[int]:
-        """Plateau schedulers whose window holds the check after ``epoch``'s end."""
+        """Plateau schedulers whose window holds the check of decision ``epoch`` (the
+        epoch's end; in a job with val_interval, that validation point)."""
         # A plateau's global step is 0 when built and counts epoch ends, so the check
-        # after epoch e happens at global step e + 1.
+        # after epoch e happens at global step e + 1; the checks inside the one epoch of
+        # an iteration-based loop all happen at global step 0.
+        if not self.spec.epoch_based and self.val_interval is None:
+            return []  # no validation points: nothing is ever decided (no val loop)
+        step = epoch + 1 if self.spec.epoch_based else 0
         return [
             i for i in self.plateau_idx
-            if self.scheds[i].begin <= epoch + 1 < self.scheds[i].end
+            if self.scheds[i].begin <= step < self.scheds[i].end
         ]
 
     def deciding_plateaus(self, epoch: int) -> list[int]:
@@ -198,7 +213,7 @@ class Replayer:
         ``step(metrics)`` copies the ``momentum`` key into betas[0] even outside its
         window, so the values depend on whether the epoch was validated."""
         active = self.active_plateaus(epoch)
-        if not self.split_betas:
+        if not self.split_betas or (not self.spec.epoch_based and self.val_interval is None):
             return active
         return [i for i in self.plateau_idx if i in active or self.syncs[i]]
 
@@ -238,14 +253,19 @@ class Replayer:
         epoch_based = self.spec.epoch_based
         last = self.spec.max_iters - 1
         iter_idx = self.iter_idx
+        val = self.val_interval
         while state.iteration < stop:
             i = state.iteration
             # An iteration-based loop (IterBasedTrainLoop) has one epoch, which ends after
             # its last iteration: by_epoch schedulers step once, at the very end.
             ends_epoch = (i + 1) % length == 0 if epoch_based else i == last
-            if not ends_epoch and iter_idx:
-                quiet = self._quiet_iterations(
-                    state, stop, length if epoch_based else self.spec.max_iters)
+            validates = val is not None and ((i + 1) % val == 0 or i == last)
+            if not ends_epoch and not validates and iter_idx:
+                if epoch_based:
+                    event = (i // length + 1) * length - 1
+                else:  # the next validation point, or the end
+                    event = last if val is None else min(last, (i // val + 1) * val - 1)
+                quiet = self._quiet_iterations(state, stop, event)
                 if quiet:
                     for j in iter_idx:
                         state.global_step[j] += quiet
@@ -254,28 +274,32 @@ class Replayer:
                     state.iteration += quiet
                     continue
             metrics: Metrics | None = None
+            key = None
             if ends_epoch and epoch_based:
-                epoch = (i + 1) // length - 1
-                if self.plateau_idx and self.deciding_plateaus(epoch):
-                    if epoch not in decisions:
-                        raise DecisionPending(epoch, i + 1)
-                    metrics = decisions[epoch]
+                key = (i + 1) // length - 1
+            elif validates and val is not None:
+                key = -(-(i + 1) // val) - 1  # the last point may end a shorter interval
+            if key is not None and self.plateau_idx and self.deciding_plateaus(key):
+                if key not in decisions:
+                    raise DecisionPending(key, i + 1)
+                metrics = decisions[key]
             for j in iter_idx:
                 self._step(state, j)
+            if validates and metrics is not None:  # inside the loop's one epoch
+                self._validate(state, metrics)
             if ends_epoch:
                 for j in self.epoch_idx:
                     self._step(state, j)
-                if metrics is not None:
+                if epoch_based and metrics is not None:
                     self._validate(state, metrics)
             state.iteration = i + 1
 
-    def _quiet_iterations(self, state: ReplayState, stop: int, length: int) -> int:
+    def _quiet_iterations(self, state: ReplayState, stop: int, event: int) -> int:
         """How many iterations from now change nothing but the iteration schedulers'
-        global steps (all outside their windows, no epoch end among them)."""
+        global steps (all outside their windows, no epoch end or validation point among
+        them: ``event`` is the next iteration that has one)."""
         i = state.iteration
-        horizon = stop - i
-        if length:
-            horizon = min(horizon, (i // length + 1) * length - 1 - i)
+        horizon = min(stop - i, event - i)
         for j in self.iter_idx:
             s = self.scheds[j]
             nxt = state.global_step[j] + 1

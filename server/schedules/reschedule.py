@@ -175,13 +175,23 @@ class OverrideLayer(Layer):
 class Schedule:
     """A job's values: its base timeline plus every override, in order."""
 
-    def __init__(self, spec: JobSpec, overrides: Sequence[Mapping[str, Any]] = ()) -> None:
+    def __init__(self, spec: JobSpec) -> None:
         self.spec = spec
         self.base = Timeline(spec)
         self.top: Layer = BaseLayer(self.base)
         self.overrides: list[Override] = []
-        for i, data in enumerate(overrides):
-            self.add(build_override(self, data, decisions={}, where=f"overrides[{i}]"))
+
+    @classmethod
+    def from_changes(cls, spec: JobSpec, changes: Sequence[Mapping[str, Any]],
+                     decisions: Decisions, *, where: str = "changes") -> Schedule:
+        """A job's schedule: its spec with its stored changes, in order (raises
+        ConfigError naming ``where[i]``). The one builder the service, checkpoint
+        loading and listings use, so they agree on a job's length and params."""
+        schedule = cls(spec)
+        for i, data in enumerate(changes):
+            schedule.add(build_override(schedule, data, decisions=decisions,
+                                        where=f"{where}[{i}]"))
+        return schedule
 
     @property
     def max_iters(self) -> int:
@@ -208,9 +218,87 @@ class Schedule:
 
     def is_cheap(self, t: int) -> bool:
         """Whether the values at ``t`` need at most a short replay in every timeline."""
-        return self.base.is_cheap(min(t, self.base.spec.max_iters)) and all(
-            o.timeline.is_cheap(min(max(0, t - o.start), o.timeline.spec.max_iters))
-            for o in self.overrides if o.timeline is not None)
+        timelines = self.timelines()
+        return all(timelines[k].is_cheap(pos)  # type: ignore[union-attr]
+                   for k, pos in self.positions(t).items())
+
+    # -- keyframes: the replay states of every timeline, for another server to continue
+    def timelines(self) -> list[Timeline | None]:
+        """The base timeline, then each change's (None for a stretch, which has none)."""
+        return [self.base] + [o.timeline for o in self.overrides]
+
+    def positions(self, t: int) -> dict[int, int]:
+        """Which iteration of which timeline (index into ``timelines()``) the values at
+        ``t`` are read from: each change reads its own timeline from its start, a
+        stretch resamples the layers below, and a layer past its end holds its last
+        values (see ``OverrideLayer``)."""
+        out: dict[int, int] = {}
+        x = min(t, self.max_iters)
+        for k in range(len(self.overrides) - 1, -1, -1):
+            o = self.overrides[k]
+            below_max = self.overrides[k - 1].max_iters if k else self.spec.max_iters
+            x = min(x, o.max_iters)
+            if x >= o.start:
+                if o.timeline is not None:
+                    out[k + 1] = min(x - o.start, o.timeline.last_iteration)
+                if o.mode == "stretch":
+                    old_rest, new_rest = below_max - o.start, o.max_iters - o.start
+                    x = o.start + (x - o.start) * old_rest // new_rest if new_rest else o.start
+            x = min(x, below_max)
+        out[0] = min(x, self.spec.max_iters)
+        return out
+
+    def keyframe(self, t: int, decisions: Decisions) -> dict[str, Any] | None:
+        """The replay states the values at ``t`` continue from, as plain data; None when
+        they wait on a validation decision. Cheap right after the values at ``t`` were
+        computed (the states are kept as cursors)."""
+        timelines = self.timelines()
+        states: dict[str, Any] = {}
+        try:
+            for k, pos in self.positions(t).items():
+                timeline = timelines[k]
+                assert timeline is not None
+                states[str(k)] = timeline.state_at(pos, decisions if k == 0 else {}).to_dict()
+        except DecisionPending:
+            return None
+        return {"iteration": t, "states": states}
+
+    def seed(self, keyframe: Mapping[str, Any]) -> int:
+        """Keep a keyframe's states (``keyframe()``'s data, from the store or a
+        checkpoint) in the timelines they belong to. Raises ValueError, keeping
+        nothing, when it does not fit this schedule. Returns its iteration."""
+        if not isinstance(keyframe, Mapping) or set(keyframe) != {"iteration", "states"}:
+            raise ValueError("a keyframe has the fields iteration and states")
+        t, states = keyframe["iteration"], keyframe["states"]
+        if isinstance(t, bool) or not isinstance(t, int) or not 0 <= t <= self.max_iters:
+            raise ValueError(f"keyframe iteration must be in [0, {self.max_iters}], got {t!r}")
+        expected = self.positions(t)
+        if not isinstance(states, Mapping) or set(states) != {str(k) for k in expected}:
+            raise ValueError(f"a keyframe at iteration {t} holds the states of timelines "
+                             f"{sorted(expected)}")
+        timelines = self.timelines()
+        checked = []
+        for k, pos in expected.items():
+            timeline = timelines[k]
+            assert timeline is not None
+            state = timeline.check_state(states[str(k)])
+            if state.iteration != pos:
+                raise ValueError(f"keyframe state {k} is at iteration {state.iteration}, "
+                                 f"not {pos}")
+            checked.append((timeline, state))
+        for timeline, state in checked:
+            timeline.seed(state)
+        return t
+
+    def replay_distance(self, t: int) -> int:
+        """The most iterations any timeline replays to reach the values at ``t``."""
+        timelines = self.timelines()
+        return max(timelines[k].replay_distance(pos)  # type: ignore[union-attr]
+                   for k, pos in self.positions(t).items())
+
+    def nbytes(self) -> int:
+        """About the memory the schedule's timelines hold."""
+        return sum(t.nbytes() for t in self.timelines() if t is not None)
 
     def needs_decision(self, epoch: int) -> bool:
         return self.base.needs_decision(epoch)

@@ -7,9 +7,11 @@ signed::
      "key_id": "<id>", "signature": "<hex HMAC-SHA256 of payload>"}
 
 ``key_id`` and ``signature`` are empty when the server has no state key. The payload
-holds the job id, incarnation, generation, iteration, spec, decisions, changes and
-audit trail. Version 1 (``{"format": 1, ...}``, changes under ``"overrides"``) was
-unsigned; it is read as an unsigned state.
+holds the job id, incarnation, generation, iteration, spec, decisions, changes, audit
+trail and (optionally) the keyframe at the iteration: the replay states a server
+continues from, so loading costs the same at iteration 10^7 as at 10. Version 1
+(``{"format": 1, ...}``, changes under ``"overrides"``) was unsigned; it is read as an
+unsigned state.
 
 Everything is validated here, field by field, before the service stores anything: a
 refused state changes nothing. Non-finite numbers are accepted only in validation
@@ -43,7 +45,7 @@ RUN_ID_PATTERN = re.compile(r"[A-Za-z0-9._:-]{0,128}")
 
 _ENVELOPE_KEYS = {"format", "payload", "key_id", "signature"}
 _PAYLOAD_KEYS = {"job_id", "incarnation", "generation", "iteration", "spec", "decisions",
-                 "changes", "audit", "run_id", "saved_at"}
+                 "changes", "audit", "run_id", "saved_at", "keyframe"}
 _V1_KEYS = {"format", "job_id", "generation", "iteration", "spec", "decisions", "overrides",
             "audit"}
 _OPTIONAL_AUDIT_KEYS = {"request_id"}  # a change's idempotency key
@@ -67,6 +69,9 @@ class CheckpointState:
     signed: bool
     signature_state: str  # "valid", "unsigned", "unknown key" or "invalid"
     digest: str  # the hash that identifies this exact checkpoint
+    # The replay states at ``iteration`` (``Schedule.keyframe``), checked to fit the
+    # schedule; a server continues from them only when it trusts the state.
+    keyframe: dict[str, Any] | None = None
 
 
 def _fail(reason: str, field: str) -> InvalidArgument:
@@ -178,8 +183,7 @@ def _decisions(raw: Any, spec: JobSpec, iteration: int,
                limits: Limits) -> dict[int, dict[str, float] | None]:
     if not isinstance(raw, Mapping):
         raise _fail("must be an object of epoch -> metrics", "state.decisions")
-    length = spec.epoch_length or 0
-    done = iteration // length if spec.epoch_based and length else 0
+    done = spec.decisions_done(iteration)  # epochs, or val_interval's points
     schedule = Schedule(spec)
     out: dict[int, dict[str, float] | None] = {}
     for key, metrics in raw.items():
@@ -284,11 +288,20 @@ def parse_state(state_json: str, *, keys: StateKeys | None, limits: Limits) -> C
     if decisions:
         schedule = checked_changes(spec, changes, decisions)
     audit = check_audit(payload.get("audit", []))
+    keyframe = payload.get("keyframe")
+    if keyframe is not None:
+        if not isinstance(keyframe, Mapping) or keyframe.get("iteration") != iteration:
+            raise _fail(f"must be the replay states at the state's iteration {iteration}",
+                        "state.keyframe")
+        try:
+            schedule.seed(keyframe)
+        except ValueError as exc:
+            raise _fail(str(exc), "state.keyframe") from None
     return CheckpointState(
         job_id=job_id, incarnation=incarnation, generation=generation, iteration=iteration,
         spec=spec, decisions=decisions, changes=changes, schedule=schedule, audit=audit,
         signed=signature_state == "valid", signature_state=signature_state,
-        digest=content_hash(payload))
+        digest=content_hash(payload), keyframe=dict(keyframe) if keyframe else None)
 
 
 def build_state(payload: dict[str, Any], keys: StateKeys | None) -> str:

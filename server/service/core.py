@@ -13,13 +13,15 @@ value handed out for (job, generation, iteration) never changes.
 from __future__ import annotations
 
 import asyncio
+import builtins
+import json
 import logging
 import secrets
 import time
 from collections import OrderedDict
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
-from typing import Any
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import AbstractContextManager, contextmanager, nullcontext
+from typing import Any, TypeVar
 
 from ..auth import current_principal
 from ..errors import (
@@ -30,6 +32,7 @@ from ..errors import (
     NotFound,
     OutOfRange,
     PermissionDenied,
+    ResourceExhausted,
     Unavailable,
 )
 from ..schedules import (
@@ -47,14 +50,18 @@ from ..store import (
     JobNotFound,
     JobRecord,
     JobStore,
+    Keyframe,
     RankOutOfRange,
     StaleGeneration,
+    StoreError,
     StoreUnavailable,
     TooEarly,
     WorldSizeConflict,
+    canonical_json,
     content_hash,
 )
 from ..store.base import JsonObjects
+from . import pages
 from .changes import check_guardrails, compare
 from .checkpoints import (
     ACTION_PATTERN,
@@ -71,6 +78,8 @@ from .inputs import (
     parse_spec,
     spec_difference,
 )
+from .jobcache import JobCache
+from .pages import DEFAULT_MAX_VALUES_CELLS, Page
 from .signing import StateKeys
 from .views import (
     Attachment,
@@ -84,6 +93,8 @@ from .views import (
 )
 
 log = logging.getLogger("paramsched.jobs")
+
+_T = TypeVar("_T")
 
 
 def new_incarnation() -> str:
@@ -110,7 +121,12 @@ class SchedulerService:
         default_plan_size: int = 256,
         max_plan_size: int = 4096,
         cache_size: int = 256,
-        max_preview_iterations: int = 1_000_000,
+        cache_bytes: int = 256 * 2**20,
+        keyframe_every: int = 256,
+        max_plan_cells: int = 2**18,
+        compute_workers: int = 2,
+        max_compute_waiting: int = 64,
+        max_values_cells: int = DEFAULT_MAX_VALUES_CELLS,
         limits: Limits | None = None,
         events: ServiceEvents | None = None,
         state_keys: StateKeys | None = None,
@@ -125,9 +141,57 @@ class SchedulerService:
         self.default_plan_size = default_plan_size
         self.max_plan_size = max_plan_size
         self.cache_size = cache_size
-        self.max_preview_iterations = max_preview_iterations
-        self._jobs: OrderedDict[str, LoadedJob] = OrderedDict()
+        # A plan that starts this far past the job's stored keyframe makes a new one,
+        # which the job's next report stores in its own write (no extra round trip).
+        self.keyframe_every = keyframe_every
+        self._background: set[asyncio.Task[None]] = set()
+        # A plan holds at most this many values (iterations x groups x params): a job
+        # with many groups gets shorter plans, so no plan costs more than a bounded replay.
+        self.max_plan_cells = max_plan_cells
+        # Long computations run in worker threads, a few at a time (first come, first
+        # served), so replays never starve the event loop; past ``max_compute_waiting``
+        # queued ones the server reports itself not ready (``overloaded``).
+        self.compute_workers = compute_workers
+        self.max_compute_waiting = max_compute_waiting
+        self._compute: asyncio.Semaphore | None = None
+        self.compute_waiting = 0
+        # The cost budget of one GetValues / PreviewSchedule page (see pages.py).
+        self.max_values_cells = max_values_cells
+        self._jobs = JobCache(cache_size, cache_bytes)
         self._specs: OrderedDict[str, JobSpec] = OrderedDict()
+
+    # -- long computations -----------------------------------------------------------
+    async def offload(self, fn: Callable[[], _T]) -> _T:
+        """Run ``fn`` in a worker thread once one of ``compute_workers`` slots is free."""
+        if self._compute is None:
+            self._compute = asyncio.Semaphore(self.compute_workers)
+        self.compute_waiting += 1
+        try:
+            await self._compute.acquire()
+        finally:
+            self.compute_waiting -= 1
+        try:
+            return await asyncio.to_thread(fn)
+        finally:
+            self._compute.release()
+
+    def overloaded(self) -> bool:
+        """Whether more long computations wait than the server should queue."""
+        return self.compute_waiting > self.max_compute_waiting
+
+    async def _parsed(self, spec_data: Mapping[str, Any]) -> JobSpec:
+        """``parse_spec``, off the event loop for a big spec (validating 64 schedulers
+        over 256 groups takes a while): the other requests go on meanwhile."""
+        configs, groups = spec_data.get("param_scheduler"), spec_data.get("initial_values")
+        size = (len(configs) if isinstance(configs, list) else 1) * (
+            len(groups) if isinstance(groups, list) else 1)
+        if size <= 256:
+            return parse_spec(spec_data, limits=self.limits)
+        return await self.offload(lambda: parse_spec(spec_data, limits=self.limits))
+
+    def _plan_cells_cap(self, spec: JobSpec, params: int) -> int:
+        """The most iterations a plan of ``spec`` may hold under ``max_plan_cells``."""
+        return max(1, self.max_plan_cells // max(1, spec.num_groups * params))
 
     # -- caches -------------------------------------------------------------------
     def _spec_for(self, record: JobRecord) -> JobSpec:
@@ -142,39 +206,108 @@ class SchedulerService:
             self._specs.move_to_end(record.spec_hash)
         return spec
 
-    def _loaded(self, record: JobRecord) -> LoadedJob:
+    async def _load(self, record: JobRecord) -> LoadedJob:
+        """The job's cached entry, built (parsed spec, schedule with its changes) on a
+        miss: in a worker for a big job, whose build steps every scheduler of every group."""
         entry = self._jobs.get(record.job_id)
         if (
-            entry is None
-            or entry.incarnation != record.incarnation
-            or entry.spec_hash != record.spec_hash
-            or entry.generation != record.generation
-            or entry.num_changes != record.num_changes
+            entry is not None
+            and entry.incarnation == record.incarnation
+            and entry.spec_hash == record.spec_hash
+            and entry.generation == record.generation
+            and entry.num_changes == record.num_changes
         ):
-            spec = self._spec_for(record)
-            if record.overrides is None:  # a reply that left out changes we should hold
-                raise AssertionError("record without its changes for an uncached schedule")
-            overrides = list(record.overrides)
-            entry = LoadedJob(record.incarnation, record.spec_hash, record.generation,
-                              record.num_changes, spec,
-                            self._schedule(spec, overrides, record), overrides)
-            self._jobs[record.job_id] = entry
-            if len(self._jobs) > self.cache_size:
-                self._jobs.popitem(last=False)
-        else:
-            self._jobs.move_to_end(record.job_id)
+            self._jobs.touch(record.job_id)
+            return entry
+        if record.overrides is None:  # a reply that left out changes we should hold
+            raise AssertionError("record without its changes for an uncached schedule")
+        overrides = list(record.overrides)
+        cached = self._specs.get(record.spec_hash)
+        big = cached is None or cached.num_groups * max(1, len(cached.schedulers)) > 256
+
+        def build() -> LoadedJob:
+            spec = cached or parse_spec(record.spec or {}, prefix="stored spec")
+            return LoadedJob(record.incarnation, record.spec_hash, record.generation,
+                             record.num_changes, spec,
+                             self._schedule(spec, overrides, record), overrides)
+
+        if cached is None:
+            assert record.spec is not None
+        entry = await self.offload(build) if big else build()
+        self._specs[record.spec_hash] = entry.spec
+        self._specs.move_to_end(record.spec_hash)
+        if len(self._specs) > self.cache_size:
+            self._specs.popitem(last=False)
+        entry.frontier = record.issued_until
+        self._jobs.put(record.job_id, entry)
         return entry
+
+    @property
+    def cache_bytes(self) -> int:
+        return self._jobs.max_bytes
+
+    @cache_bytes.setter
+    def cache_bytes(self, value: int) -> None:
+        self._jobs.max_bytes = value
+
+    def cache_nbytes(self) -> int:
+        """About the memory the job cache holds (as last counted)."""
+        return self._jobs.nbytes
+
+    async def _warm(self, entry: LoadedJob, record: JobRecord) -> None:
+        """Seed a newly loaded job from its stored keyframe (once), so it continues near
+        the frontier instead of replaying from iteration 0."""
+        if entry.warmed:
+            return
+        async with entry.warming:
+            if entry.warmed:
+                return
+            with store_errors():
+                kept = await self.store.keyframe(record.job_id)
+            if kept is not None and (kept.incarnation, kept.generation) == (
+                    entry.incarnation, entry.generation):
+                try:
+                    data = json.loads(kept.data)
+                    with entry.lock:
+                        entry.durable = entry.schedule.seed(data)
+                except (ValueError, TypeError) as exc:  # written by another version, say
+                    log.warning("stored keyframe of job %r ignored: %s", record.job_id, exc)
+            entry.warmed = True
+
+    @staticmethod
+    def _keyframe_to_store(entry: LoadedJob) -> Keyframe | None:
+        """The keyframe a report of ``entry`` stores in its own write, if one is due."""
+        pending = entry.pending
+        if pending is None or pending["iteration"] <= entry.durable:
+            return None
+        return Keyframe(entry.incarnation, entry.generation, int(pending["iteration"]),
+                        canonical_json(pending))
+
+    def _keep_keyframe(self, job_id: str, entry: LoadedJob, keyframe: dict[str, Any]) -> None:
+        """Store ``keyframe`` in the background; a failure only costs a longer replay."""
+        iteration = int(keyframe["iteration"])
+        if iteration <= entry.durable:
+            return
+        entry.durable = iteration
+        kept = Keyframe(entry.incarnation, entry.generation, iteration,
+                        canonical_json(keyframe))
+
+        async def save() -> None:
+            try:
+                await self.store.save_keyframe(job_id, kept)
+            except StoreError as exc:
+                log.debug("keyframe of job %r not stored: %s", job_id, exc)
+
+        task = asyncio.get_running_loop().create_task(save())
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
 
     @staticmethod
     def _schedule(spec: JobSpec, overrides: list[dict[str, Any]], record: JobRecord) -> Schedule:
-        schedule = Schedule(spec)
-        for i, data in enumerate(overrides):
-            schedule.add(build_override(schedule, data, decisions=record.decisions,
-                                        where=f"stored change {i}"))
-        return schedule
+        return Schedule.from_changes(spec, overrides, record.decisions, where="stored changes")
 
     def _forget(self, job_id: str) -> None:
-        self._jobs.pop(job_id, None)
+        self._jobs.pop(job_id)
 
     # -- store access with error mapping ------------------------------------------
     async def _get_record(self, job_id: str) -> JobRecord:
@@ -189,27 +322,43 @@ class SchedulerService:
             raise InvalidArgument(f"must be >= 0, got {plan_size}", field="plan_size")
         return min(plan_size or self.default_plan_size, self.max_plan_size)
 
-    async def _plan(self, entry: LoadedJob, record: JobRecord, start: int, stop: int) -> Plan:
+    async def _plan(self, entry: LoadedJob, record: JobRecord, start: int, stop: int, *,
+                    frontier: bool = False) -> Plan:
         """The plan for [start, stop): computed inline when cheap (near a keyframe or a
-        recent query), else in a worker thread, so a long replay (a cold cache after a
-        restart) never stalls the other jobs' reports or the health checks."""
+        recent query), else in a worker thread, so a long replay never stalls the other
+        jobs' reports or the health checks. ``frontier``: a plan handed to a rank, whose
+        start may become the job's stored keyframe."""
         schedule = entry.schedule
-        stop = min(stop, schedule.max_iters + 1)
+        stop = min(stop, schedule.max_iters + 1,
+                   start + self._plan_cells_cap(entry.spec, len(schedule.params)))
         if start > schedule.max_iters:
             raise InvalidArgument(
                 f"iteration {start} is past the end of training ({schedule.max_iters})",
                 field="iteration")
-        if schedule.is_cheap(start) and entry.lock.acquire(blocking=False):
+        await self._warm(entry, record)
+        newest = entry.pending["iteration"] if entry.pending is not None else entry.durable
+        want_keyframe = frontier and start - newest >= self.keyframe_every
+
+        def compute() -> tuple[list[GroupValues], dict[str, Any] | None]:
+            values = self._values(entry, record, start, stop)
+            keyframe = (entry.schedule.keyframe(start, record.decisions)
+                        if want_keyframe and values else None)
+            return values, keyframe
+
+        if entry.schedule.is_cheap(start) and entry.lock.acquire(blocking=False):
             try:
-                values = self._values(entry, record, start, stop)
+                values, keyframe = compute()
             finally:
                 entry.lock.release()
         else:
-            def compute() -> list[GroupValues]:
+            def locked() -> tuple[list[GroupValues], dict[str, Any] | None]:
                 with entry.lock:
-                    return self._values(entry, record, start, stop)
+                    return compute()
 
-            values = await asyncio.to_thread(compute)
+            values, keyframe = await self.offload(locked)
+        if keyframe is not None:
+            entry.pending = keyframe  # stored with the next report of this job
+        self._jobs.recount(record.job_id, entry)
         return plan_of(entry.spec, entry.schedule, start, stop, values, record.generation,
                        record.incarnation)
 
@@ -254,16 +403,22 @@ class SchedulerService:
         if spec_data is None:
             record = await self._get_record(job_id)
         else:
-            spec = parse_spec(spec_data, limits=self.limits)
-            try:  # the first plan must compute before anything is stored
-                Timeline(spec).values_range(0, min(size, spec.max_iters + 1), {}, partial=True)
-            except ConfigError as exc:
-                raise config_error(exc, "spec") from None
+            spec = await self._parsed(spec_data)
+            first = min(size, spec.max_iters + 1, self._plan_cells_cap(spec, len(spec.params)))
+
+            def first_plan() -> None:  # it must compute before anything is stored
+                try:
+                    Timeline(spec).values_range(0, first, {}, partial=True)
+                except ConfigError as exc:
+                    raise config_error(exc, "spec") from None
+
+            await self.offload(first_plan)
             canonical = spec.to_dict()
             spec_hash = content_hash(canonical)
             fresh = JobRecord(job_id, canonical, spec_hash, world_size=world_size,
                               created_at=time.time(), incarnation=new_incarnation(),
                               run_id=run_id)
+            await self._check_quota(job_id)
             with store_errors():
                 record, created = await self.store.create(fresh)
             if not created and record.spec_hash != spec_hash and record.spec is not None:
@@ -283,7 +438,8 @@ class SchedulerService:
             self._specs.setdefault(spec_hash, spec)
             if created:
                 log.info("job created", extra=self._event("created", job_id, rank, 1))
-        entry = self._loaded(record)
+        entry = await self._load(record)
+        size = min(size, self._plan_cells_cap(entry.spec, len(entry.schedule.params)))
         issue = min(size, entry.schedule.max_iters + 1)
         # The plan from iteration 0 is handed out too: record it, so no change can alter
         # it (and the rank shows up in the job's progress).
@@ -306,15 +462,15 @@ class SchedulerService:
                 except RankOutOfRange as exc:
                     raise InvalidArgument(str(exc), field="rank") from None
             if outcome == "resume_required":
-                view = JobView.of(record, self._loaded(record))
+                view = JobView.of(record, await self._load(record))
                 empty = Plan(0, view.params, view.spec.num_groups, [], record.generation,
                              None, view.max_iters, record.incarnation)
                 return Attachment(view, created, empty, resume_required=True)
             if outcome == "new_run":
                 log.info("job taken over by a new run",
                          extra=self._event("new_run", job_id, rank, record.generation))
-        entry = self._loaded(record)
-        plan = await self._plan(entry, record, 0, size)
+        entry = await self._load(record)
+        plan = await self._plan(entry, record, 0, size, frontier=True)
         self.events.plan_issued(job_id, len(plan.values))
         return Attachment(JobView.of(record, entry), created, plan)
 
@@ -357,7 +513,7 @@ class SchedulerService:
     async def get(self, job_id: str) -> JobView:
         check_job_id(job_id)
         record = await self._get_record(job_id)
-        return JobView.of(record, self._loaded(record))
+        return JobView.of(record, await self._load(record))
 
     async def list(
         self, prefix: str = "", page_size: int = 0, page_token: str = ""
@@ -366,29 +522,34 @@ class SchedulerService:
             raise InvalidArgument(f"must be >= 0, got {page_size}", field="page_size")
         limit = min(page_size or 100, 1000)
         principal = current_principal.get()
-        visible: list[JobRecord] = []
-        after, exhausted = page_token, False
-        # A job-scoped caller sees only its jobs: read on until the page is full.
-        while len(visible) <= limit and not exhausted:
-            with store_errors():
-                records = await self.store.list(prefix, after, limit + 1)
-            exhausted = len(records) <= limit
-            if records:
-                after = records[-1].job_id
-            visible.extend(r for r in records if principal.may_access(r.job_id))
+        # A job-scoped caller's listing reads only its own ids and prefixes: O(page),
+        # however many other jobs the store holds.
+        with store_errors():
+            if principal.admin:
+                visible = await self.store.list(prefix, page_token, limit + 1)
+            else:
+                visible = await pages.scoped_list(self.store, principal, prefix, page_token,
+                                                  limit + 1)
         more = len(visible) > limit
         visible = visible[:limit]
         views = [self._listed(r) for r in visible]
         return views, (visible[-1].job_id if more and visible else "")
 
     def _listed(self, record: JobRecord) -> JobView:
-        """A listed job's view without building its schedule (cheap for long lists)."""
+        """A listed job's view: its spec with its changes, built as for its values (no
+        replay: stored changes carry the values they start from), so a listing and
+        ``GetJob`` agree on the job's length and params."""
         spec = self._spec_for(record)
-        max_iters, params = spec.max_iters, spec.params
-        for change in record.overrides or []:
-            max_iters = change.get("max_iters") or max_iters
-            params = tuple(dict.fromkeys(params + tuple(change.get("params") or ())))
-        return JobView(record, spec, max_iters, params)
+        entry = self._jobs.get(record.job_id)
+        if entry is not None and (entry.incarnation, entry.generation, entry.num_changes) == (
+                record.incarnation, record.generation, record.num_changes):
+            return JobView(record, spec, entry.schedule.max_iters, entry.schedule.params)
+        try:
+            schedule = Schedule.from_changes(spec, record.overrides or [], record.decisions,
+                                             where="stored changes")
+        except ConfigError as exc:
+            raise config_error(exc, "spec") from None
+        return JobView(record, spec, schedule.max_iters, schedule.params)
 
     async def delete(self, job_id: str) -> bool:
         check_job_id(job_id)
@@ -399,6 +560,55 @@ class SchedulerService:
         if deleted:
             log.info("job deleted", extra=self._event("deleted", job_id, None, 0))
         return deleted
+
+    async def expire_finished(self, retention: float, *, now: float | None = None,
+                              page: int = 200) -> builtins.list[str]:
+        """Delete the jobs that finished more than ``retention`` seconds ago, with their
+        keyframes; their audit trails stay (with an ``expire`` entry), as after
+        ``jobs delete``. A job resumed or changed meanwhile is kept (the store checks).
+        Returns the deleted ids."""
+        cutoff = (time.time() if now is None else now) - retention
+        deleted: builtins.list[str] = []
+        after = ""
+        while True:
+            with store_errors():
+                records = await self.store.list("", after, page)
+            for record in records:
+                if 0 < record.finished_at <= cutoff:
+                    entry = self._audit_entry("expire", 0, record.generation, details={
+                        "finished_at": record.finished_at, "retention_seconds": retention})
+                    with store_errors():
+                        if await self.store.delete(record.job_id, entry,
+                                                   finished_before=cutoff):
+                            deleted.append(record.job_id)
+                            self._forget(record.job_id)
+            if len(records) < page:
+                break
+            after = records[-1].job_id
+        if deleted:
+            log.info("deleted %d jobs finished more than %.0f s ago", len(deleted), retention)
+        return deleted
+
+    async def _check_quota(self, job_id: str) -> None:
+        """Refuse a job-scoped token a new job beyond its quota of live jobs
+        (``max_jobs``), counted over its ids and id prefixes."""
+        principal = current_principal.get()
+        quota = principal.max_jobs
+        if principal.admin or quota is None:
+            return
+        with store_errors():
+            live = 0
+            for prefix in principal.job_prefixes:
+                live += await self.store.count(prefix, quota + 1)
+            for exact in principal.jobs:
+                if not exact.startswith(principal.job_prefixes) and \
+                        await self.store.get(exact) is not None:
+                    live += 1
+            if live >= quota and await self.store.get(job_id) is None:
+                raise ResourceExhausted(
+                    f"token {principal.name!r} has {live} live jobs, its quota max_jobs="
+                    f"{quota}; delete finished jobs (or wait for their retention to pass) "
+                    "before creating more", budget="max_jobs")
 
     # -- progress -------------------------------------------------------------------
     async def report(
@@ -412,10 +622,13 @@ class SchedulerService:
         metrics: Mapping[str, float] | None = None,
         plan_size: int = 0,
         incarnation: str = "",
+        validation_at: int | None = None,
     ) -> Plan:
         """Record a rank's progress (and an epoch's decision); return its next plan.
 
         ``metrics=None`` with ``epoch_end`` set means no validation ran after that epoch.
+        ``validation_at`` (== ``iteration``, a job with ``val_interval``) reports the
+        decision of that validation point instead of an epoch's.
         ``incarnation`` (the job's, as the rank knows it; empty: not checked) fences a
         rank of a job that was deleted and created again, or lost by the store.
         """
@@ -438,18 +651,24 @@ class SchedulerService:
                     raise self._lost(job_id, rank, incarnation) from None
                 raise
             self._check_fence(record, rank, generation, incarnation)
-            entry = self._loaded(record)
+            entry = await self._load(record)
         if iteration > entry.schedule.max_iters:
             raise InvalidArgument(
                 f"iteration {iteration} is past the end of training "
                 f"({entry.schedule.max_iters})", field="iteration")
-        decision = self._decision(entry, iteration, epoch_end, metrics)
+        await self._check_frontier(job_id, entry, iteration)
+        decision = self._decision(entry, iteration, epoch_end, metrics, validation_at)
+        keyframe = self._keyframe_to_store(entry)
         with store_errors():
             try:
                 record = await self.store.report(
                     job_id, generation=generation, rank=rank, iteration=iteration,
+                    keyframe=keyframe,
+                    finished_at=time.time() if iteration >= entry.schedule.max_iters else 0.0,
                     decision=decision,
-                    issue_until=min(iteration + size, entry.schedule.max_iters + 1),
+                    issue_until=min(iteration + size, entry.schedule.max_iters + 1,
+                                    iteration + self._plan_cells_cap(
+                                        entry.spec, len(entry.schedule.params))),
                     known_spec_hash=entry.spec_hash, known_changes=entry.num_changes,
                     incarnation=entry.incarnation)
             except JobNotFound:
@@ -475,11 +694,33 @@ class SchedulerService:
             # A change came in meanwhile.
             if record.spec is None:
                 record.spec = entry.spec.to_dict()
-            entry = self._loaded(record)
-        plan = await self._plan(entry, record, iteration, iteration + size)
+            entry = await self._load(record)
+        entry.frontier = max(entry.frontier, record.issued_until)
+        if keyframe is not None and entry.pending is not None and \
+                entry.pending["iteration"] == keyframe.iteration:
+            entry.durable, entry.pending = keyframe.iteration, None
+        plan = await self._plan(entry, record, iteration, iteration + size, frontier=True)
         self.events.job_reported(job_id)
         self.events.plan_issued(job_id, len(plan.values))
         return plan
+
+    async def _check_frontier(self, job_id: str, entry: LoadedJob, iteration: int) -> None:
+        """Refuse a report far past every plan handed out: no rank can be there (it waits
+        when its plan runs out), and its plan would cost a replay of that whole distance.
+        The slack of one maximum plan covers a store that lost the last plan's record."""
+        if iteration <= entry.frontier + self.max_plan_size:
+            return
+        now = time.monotonic()
+        if now - entry.frontier_read >= 1.0:  # another server may have issued since
+            entry.frontier_read = now  # (read at most once a second: refusals stay cheap)
+            record = await self._get_record(job_id)
+            entry.frontier = max(entry.frontier, record.issued_until)
+        if iteration > entry.frontier + self.max_plan_size:
+            raise ResourceExhausted(
+                f"job {job_id!r}: iteration {iteration} is past every plan handed out (up to "
+                f"iteration {entry.frontier}) by more than max_plan_size={self.max_plan_size}; "
+                "a rank reports the iterations it ran, which its plans cover",
+                budget="max_plan_size")
 
     def _check_fence(self, record: JobRecord, rank: int, generation: int,
                      incarnation: str) -> None:
@@ -512,17 +753,37 @@ class SchedulerService:
         iteration: int,
         epoch_end: int | None,
         metrics: Mapping[str, float] | None,
+        validation_at: int | None = None,
     ) -> tuple[int, dict[str, float] | None] | None:
-        if epoch_end is None:
-            if metrics:
-                raise InvalidArgument("metrics are only accepted with epoch_end",
-                                      field="metrics")
-            return None
+        """The decision a report carries, keyed as the store keeps decisions: the epoch,
+        or validation point k (``spec.decision_at``) of a job with val_interval."""
         spec = entry.spec
-        if not spec.epoch_based or not spec.epoch_length:
+        if validation_at is not None:
+            if epoch_end is not None:
+                raise InvalidArgument("give epoch_end or validation_at, not both",
+                                      field="validation_at")
+            if spec.val_interval is None:
+                raise InvalidArgument(
+                    "this job has no validation points (JobSpec.val_interval); "
+                    + ("report epoch ends with epoch_end" if spec.epoch_based
+                       else "create it with val_interval"), field="validation_at")
+            key = spec.decision_at(validation_at)
+            if validation_at != iteration or key is None:
+                raise InvalidArgument(
+                    f"iteration {validation_at} is no validation point of this job (every "
+                    f"{spec.val_interval} iterations and after the last one, "
+                    f"{spec.max_iters}) or not the reported iteration {iteration}",
+                    field="validation_at")
+            epoch_end = key
+        elif epoch_end is None:
+            if metrics:
+                raise InvalidArgument("metrics are only accepted with epoch_end or "
+                                      "validation_at", field="metrics")
+            return None
+        elif not spec.epoch_based or not spec.epoch_length:
             raise InvalidArgument("this job is iteration-based (max_iters); it has no epochs",
                                   field="epoch_end")
-        if epoch_end < 0 or (epoch_end + 1) * spec.epoch_length != iteration:
+        elif epoch_end < 0 or (epoch_end + 1) * spec.epoch_length != iteration:
             raise InvalidArgument(
                 f"epoch {epoch_end} cannot end at iteration {iteration}: epochs are "
                 f"{spec.epoch_length} iterations long",
@@ -543,30 +804,91 @@ class SchedulerService:
             raise InvalidArgument(exc.reason, field=exc.field) from None
         return epoch_end, (dict(metrics) if metrics is not None else None)
 
-    def _window(self, start: int, stop: int, max_iters: int) -> tuple[int, int]:
-        """[start, stop) inside [0, max_iters] (stop 0: to the end), at most
-        ``max_preview_iterations`` long: one call never computes unbounded values."""
-        stop = min(stop or max_iters + 1, max_iters + 1)
-        if not 0 <= start <= max_iters:
-            raise InvalidArgument(f"must be in [0, {max_iters}], got {start}",
-                                  field="start_iteration")
-        if stop <= start:
-            raise InvalidArgument(f"must be after start_iteration ({start}), got {stop}",
-                                  field="stop_iteration")
-        if stop - start > self.max_preview_iterations:
-            raise InvalidArgument(
-                f"{stop - start} iterations exceed the limit max_preview_iterations="
-                f"{self.max_preview_iterations}; ask in pages with start/stop_iteration",
-                field="stop_iteration")
-        return start, stop
+    def _window(self, start: int, stop: int, max_iters: int,
+                stride: int = 1) -> pages.Window:
+        """[start, stop) inside [0, max_iters] (stop 0: to the end), every ``stride``-th
+        iteration; no length limit: the cost budget cuts pages (``pages``)."""
+        return pages.window(start, stop, stride, max_iters)
 
-    async def values(self, job_id: str, start: int, stop: int) -> Plan:
-        """The job's values for iterations [start, stop) (stop=0: to the end)."""
+    async def values(self, job_id: str, start: int, stop: int, *, stride: int = 1,
+                     page_token: str = "", deadline: float | None = None) -> Page:
+        """A page of the job's values for every ``stride``-th iteration of [start, stop)
+        (stop=0: to the end), within ``max_values_cells``; ``next_page_token`` continues
+        it. ``deadline`` (``time.monotonic()`` seconds): the work stops there."""
         check_job_id(job_id)
         record = await self._get_record(job_id)
-        entry = self._loaded(record)
-        start, stop = self._window(start, stop, entry.schedule.max_iters)
-        return await self._plan(entry, record, start, stop)
+        entry = await self._load(record)
+        await self._warm(entry, record)
+        request = self._window(start, stop, entry.schedule.max_iters, stride)
+        bound = pages.binding("job", job_id, start, stop, stride)
+        state = pages.job_state(record)
+        first, carried = pages.read_token(page_token, request, bound, state)
+        work = pages.Work(deadline)
+        budget = self.max_values_cells
+
+        def compute(held: bool = False) -> tuple[list[GroupValues], int | None,
+                                                 dict[str, Any] | None]:
+            """The page and the replay state its token carries; ``held``: the caller
+            holds the job's lock throughout (a short page computed inline), else it is
+            taken per chunk, so the job's ranks are served between chunks."""
+            def locked() -> AbstractContextManager[Any]:
+                return nullcontext() if held else entry.lock
+
+            with locked():
+                replay = entry.schedule.replay_distance(first)
+                width = entry.spec.num_groups * len(entry.schedule.params)
+            # A cold server (a replica the earlier pages did not reach, or one that
+            # evicted the job) has no state near ``first``: continue from the state the
+            # token carries, in a schedule of this request's own, so a forged state
+            # changes only the forger's reply, never the job's plans.
+            own: Schedule | None = None
+            if carried is not None and not held and replay > request.stride:
+                own = self._schedule(entry.spec, entry.overrides, record)
+                pages.seed_carried(own, carried, request, first)
+                replay = own.replay_distance(first)
+            reached = [first]  # the furthest iteration computed: its state is kept
+
+            def values_range(a: int, b: int) -> list[GroupValues]:
+                if own is None:
+                    with locked():
+                        got = self._values(entry, record, a, b)
+                else:
+                    try:
+                        got = own.values_range(a, b, record.decisions)
+                    except ConfigError as exc:
+                        raise config_error(exc, "spec") from None
+                reached[0] = max(reached[0], a + len(got) - 1)
+                return got
+
+            count = pages.affordable(budget, width, replay, request.points_from(first),
+                                     first=first, stride=request.stride, preview=False)
+            rows, missing = pages.compute(values_range, request, first, count, work,
+                                          replay_from=first - replay)
+            with locked() if own is None else nullcontext():
+                try:
+                    keyframe = pages.keyframe_to_carry(
+                        own or entry.schedule, request, first, rows, missing,
+                        record.decisions, reached[0])
+                except DecisionsChanged:  # (the next page rebuilds the schedule)
+                    keyframe = None
+            return rows, missing, keyframe
+
+        # A short page near a kept state (the dashboard's samples, `jobs show`) costs
+        # less than a thread hop: inline, if the job's lock is free.
+        span = min(request.stop - first, request.points_from(first) * request.stride)
+        if span <= pages.INLINE_ITERATIONS and entry.lock.acquire(blocking=False):
+            try:
+                near = entry.schedule.replay_distance(first) + span <= pages.INLINE_ITERATIONS
+                found = compute(held=True) if near else None
+            finally:
+                entry.lock.release()
+        else:
+            found = None
+        rows, missing, keyframe = (found if found is not None
+                                   else await pages.run(work, compute, self.offload))
+        return pages.finish(entry.spec, entry.schedule, request, first, rows, missing,
+                            bound, state, record.generation, record.incarnation,
+                            keyframe=keyframe)
 
     async def preview(
         self,
@@ -574,27 +896,55 @@ class SchedulerService:
         start: int,
         stop: int,
         decisions: Mapping[int, Mapping[str, float] | None],
-    ) -> Plan:
-        """The values a spec would give, without a job (nothing is stored). Computed in
-        a worker thread: a long preview must not stall the other requests."""
-        spec = parse_spec(spec_data, limits=self.limits)
-        start, stop = self._window(start, stop, spec.max_iters)
-        timeline = Timeline(spec)
+        *,
+        stride: int = 1,
+        page_token: str = "",
+        deadline: float | None = None,
+    ) -> Page:
+        """A page of the values a spec would give, without a job (nothing is stored),
+        paged like ``values``; its first page replays from iteration 0, which its budget
+        counts, and each token carries the replay state where its page stopped, so a
+        later page costs O(page). Computed in a worker thread: a long preview must not
+        stall the others."""
+        spec = await self._parsed(spec_data)
+        request = self._window(start, stop, spec.max_iters, stride)
+        schedule = Schedule(spec)
         for epoch, metrics in decisions.items():
             try:
-                timeline.check_metrics(epoch, metrics)
+                schedule.check_metrics(epoch, metrics)
             except MetricsError as exc:
                 raise InvalidArgument(exc.reason, field=f"decisions[{epoch}].{exc.field}") from None
+        chosen = dict(decisions)
+        subject = [spec.to_dict(), sorted([e, m] for e, m in chosen.items())]
+        bound = pages.binding("preview", subject, start, stop, stride)
+        first, carried = pages.read_token(page_token, request, bound)
+        if carried is not None:  # the previous page's last state: no replay from 0
+            pages.seed_carried(schedule, carried, request, first)
+        replay = schedule.replay_distance(first)
+        width = spec.num_groups * len(schedule.params)
+        count = pages.affordable(self.max_values_cells, width, replay,
+                                 request.points_from(first), first=first,
+                                 stride=request.stride, preview=True)
+        work = pages.Work(deadline)
+        reached = [first]  # the furthest iteration computed: its state is kept
 
-        def compute() -> list[GroupValues]:
+        def values_range(a: int, b: int) -> list[GroupValues]:
             try:
-                return timeline.values_range(start, stop, dict(decisions), partial=True)
+                got = schedule.values_range(a, b, chosen)
             except ConfigError as exc:
                 raise config_error(exc, "spec") from None
+            reached[0] = max(reached[0], a + len(got) - 1)
+            return got
 
-        values = await asyncio.to_thread(compute)
-        schedule = Schedule(spec)
-        return plan_of(spec, schedule, start, stop, values, 0)
+        def compute() -> tuple[list[GroupValues], int | None, dict[str, Any] | None]:
+            rows, missing = pages.compute(values_range, request, first, count, work,
+                                          replay_from=first - replay)
+            return rows, missing, pages.keyframe_to_carry(schedule, request, first, rows,
+                                                          missing, chosen, reached[0])
+
+        rows, missing, keyframe = await pages.run(work, compute, self.offload)
+        return pages.finish(spec, schedule, request, first, rows, missing, bound, "", 0,
+                            keyframe=keyframe)
 
     # -- checkpoints ------------------------------------------------------------------
     async def get_state(self, job_id: str, iteration: int, *, generation: int = 0,
@@ -608,7 +958,7 @@ class SchedulerService:
         record = await self._get_record(job_id)
         if generation or incarnation:
             self._check_fence(record, 0, generation or record.generation, incarnation)
-        entry = self._loaded(record)
+        entry = await self._load(record)
         spec = entry.spec
         if not 0 <= iteration <= entry.schedule.max_iters:
             raise InvalidArgument(
@@ -616,8 +966,7 @@ class SchedulerService:
                 field="iteration")
         with store_errors():
             audit = await self.store.audit(job_id)
-        length = spec.epoch_length or 0
-        done_epochs = iteration // length if spec.epoch_based and length else 0
+        done_epochs = spec.decisions_done(iteration)  # epochs, or val_interval's points
         decisions = {str(e): m for e, m in sorted(record.decisions.items()) if e < done_epochs}
         payload = {
             "job_id": job_id,
@@ -631,7 +980,30 @@ class SchedulerService:
             "run_id": record.run_id,
             "saved_at": time.time(),
         }
+        await self._warm(entry, record)
+        keyframe = await self._keyframe_at(entry, record, iteration)
+        if keyframe is not None:
+            payload["keyframe"] = keyframe
         return build_state(payload, self.state_keys)
+
+    async def _keyframe_at(self, entry: LoadedJob, record: JobRecord,
+                           iteration: int) -> dict[str, Any] | None:
+        """The schedule's keyframe at ``iteration`` for a checkpoint, when it costs at
+        most a short replay (a checkpoint is saved where the ranks are, which their plans
+        just computed); else None: the checkpoint is still complete, only a server
+        loading it replays further."""
+        def compute() -> dict[str, Any] | None:
+            with entry.lock:
+                schedule = entry.schedule
+                if schedule.replay_distance(iteration) > self.keyframe_every + \
+                        self.max_plan_size:
+                    return None
+                try:
+                    return schedule.keyframe(iteration, record.decisions)
+                except ConfigError:  # the arithmetic fails there: no state to keep
+                    return None
+
+        return await self.offload(compute)
 
     async def load_state(
         self,
@@ -656,6 +1028,7 @@ class SchedulerService:
         size = self._plan_size(plan_size)
         state = parse_state(state_json, keys=self.state_keys, limits=self.limits)
         restore_audit = self._trust(job_id, state, fork=fork, allow_unsigned=allow_unsigned)
+        await self._check_quota(job_id)
         schedule = state.schedule
         details: dict[str, Any] = {
             "checkpoint_generation": state.generation,
@@ -679,10 +1052,23 @@ class SchedulerService:
                 created_at=time.time(), overrides=state.changes,
                 audit_entries=state.audit if restore_audit else [],
                 audit_entry=entry_data,
-                issue_until=min(state.iteration + size, schedule.max_iters + 1),
+                issue_until=min(state.iteration + size, schedule.max_iters + 1,
+                                state.iteration + self._plan_cells_cap(
+                                    state.spec, len(schedule.params))),
                 run_id=run_id, incarnation=new_incarnation())
-        entry = self._loaded(record)
-        plan = await self._plan(entry, record, state.iteration, state.iteration + size)
+        entry = await self._load(record)
+        if state.keyframe is not None and (state.signed or not self.auth_enabled) and \
+                record.resumed_from == f"{state.digest}:{run_id}":
+            # The checkpoint's replay states: trusted only as the service's own (signed),
+            # or where every caller is trusted alike (no auth); else the server replays.
+            try:
+                with entry.lock:
+                    entry.schedule.seed(state.keyframe)
+                self._keep_keyframe(job_id, entry, state.keyframe)
+            except ValueError as exc:  # the job's changes differ from the checkpoint's
+                log.debug("checkpoint keyframe of job %r not used: %s", job_id, exc)
+        plan = await self._plan(entry, record, state.iteration, state.iteration + size,
+                                frontier=True)
         if resumed:
             log.info("job resumed from a checkpoint at iteration %d", state.iteration,
                      extra=self._event("resumed", job_id, None, record.generation))
@@ -778,7 +1164,7 @@ class SchedulerService:
         change = check_change_data(change, "change", self.limits)
         for _attempt in range(5):
             record = await self._get_record(job_id)
-            entry = self._loaded(record)
+            entry = await self._load(record)
             if request_id and not dry_run:
                 done = await self._applied_change(job_id, request_id)
                 if done is not None:
@@ -820,7 +1206,7 @@ class SchedulerService:
                                      record.decisions)
                     return override, data, result
 
-            override, data, result = await asyncio.to_thread(build)
+            override, data, result = await self.offload(build)
             audit = self._audit_entry(action or "reschedule", override.start, record.generation,
                                       details=data, reason=reason,
                                       before=result.before_at, after=result.after_at)
@@ -841,7 +1227,7 @@ class SchedulerService:
                 raise OutOfRange(str(exc), field="from_iteration") from None
             except JobNotFound:
                 raise NotFound(f"job {job_id!r} does not exist") from None
-            entry = self._loaded(record)
+            entry = await self._load(record)
             log.info("job rescheduled (%s) from iteration %d", action, override.start,
                      extra=self._event("rescheduled", job_id, None, record.generation))
             return RescheduleResult(JobView.of(record, entry), result.from_iteration,

@@ -14,7 +14,7 @@ from ..schedules import (
     JobSpec,
     build_job_spec,
 )
-from ..schedules.reschedule import Schedule, build_override
+from ..schedules.reschedule import Schedule
 
 JOB_ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 
@@ -141,6 +141,7 @@ def parse_spec(data: Mapping[str, Any], prefix: str = "spec",
             max_jump_factor=data.get("max_jump_factor"),
             semantics=data.get("semantics", 1 if stored else None),
             dtypes=data.get("dtypes"),
+            val_interval=data.get("val_interval"),
         )
     except ConfigError as exc:
         raise config_error(exc, prefix) from None
@@ -160,11 +161,7 @@ def checked_changes(spec: JobSpec, overrides: Any,
                      decisions: dict[int, dict[str, float] | None]) -> Schedule:
     if not isinstance(overrides, list) or not all(isinstance(o, dict) for o in overrides):
         raise InvalidArgument("must be a list of changes", field="state.changes")
-    schedule = Schedule(spec)
-    for i, data in enumerate(overrides):
-        try:
-            schedule.add(build_override(schedule, data, decisions=decisions,
-                                        where=f"changes[{i}]"))
-        except ConfigError as exc:
-            raise config_error(exc, "state") from None
-    return schedule
+    try:
+        return Schedule.from_changes(spec, overrides, decisions)
+    except ConfigError as exc:
+        raise config_error(exc, "state") from None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import threading
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -55,8 +56,8 @@ def plan_of(spec: JobSpec, schedule: Schedule, start: int, stop: int,
             values: list[GroupValues], generation: int, incarnation: str = "") -> Plan:
     """A plan; when it stops short of ``stop``, it says which epoch's decision it waits on."""
     waits: int | None = None
-    if start + len(values) < stop and spec.epoch_length:
-        waits = (start + len(values)) // spec.epoch_length - 1
+    if start + len(values) < stop:  # the decision due where the values stop
+        waits = spec.decision_at(start + len(values))
     return Plan(start, schedule.params, spec.num_groups, values, generation, waits,
                 schedule.max_iters, incarnation)
 
@@ -111,3 +112,15 @@ class LoadedJob:
     overrides: list[dict[str, Any]]
     # Held while the schedule's caches are read or extended (inline or in a thread).
     lock: threading.Lock = field(default_factory=threading.Lock)
+    # The stored keyframe was read (``warmed``; under ``warming``, once per entry), and
+    # the iteration of the latest keyframe this process knows is stored (-1: none).
+    warmed: bool = False
+    warming: asyncio.Lock = field(default_factory=asyncio.Lock)
+    durable: int = -1
+    # A keyframe at a plan's start, to store with this job's next report (one write).
+    pending: dict[str, Any] | None = None
+    # The highest ``issued_until`` this process saw: reports far past it are refused.
+    frontier: int = 0
+    frontier_read: float = -1e9  # when ``frontier`` was last read from the store
+    # The schedule's memory as the job cache last counted it (``Schedule.nbytes``).
+    nbytes: int = 0

@@ -23,6 +23,8 @@ each, real Redis included):
 * A job's changes (``overrides``) are append-only within a generation; ``reschedule``
   appends one only if no plan was handed out for its first iteration
   (``issued_until <= from_iteration``) and no other change came in meanwhile.
+* A job keeps at most one keyframe (``save_keyframe``), which only moves forward within
+  an incarnation and generation and goes with the job on ``delete``.
 * The audit trail of a job id outlives the job: ``delete`` keeps it (and appends the
   deletion entry); a job created again under the same id continues it.
 """
@@ -147,6 +149,9 @@ class JobRecord:
     num_changes: int = 0
     incarnation: str = ""  # fixed at creation ("" for jobs stored before incarnations)
     run_id: str = ""  # the run this generation belongs to
+    # When a rank first reported the job's last iteration done (0: not finished); a new
+    # generation or a change clears it. Finished jobs are deleted after a retention.
+    finished_at: float = 0.0
 
     @property
     def has_progress(self) -> bool:
@@ -164,6 +169,19 @@ class JobRecord:
         )
 
 
+@dataclass(frozen=True)
+class Keyframe:
+    """A job's stored replay states at ``iteration`` (canonical JSON in ``data``): the
+    service continues from it instead of replaying from 0. Only a cache of values the
+    record already determines, so it is written without waiting for replicas; it is
+    valid only for the job's ``incarnation`` and ``generation``."""
+
+    incarnation: str
+    generation: int
+    iteration: int
+    data: str
+
+
 class JobStore(Protocol):
     """Where jobs live. All methods are coroutines; see the module docstring."""
 
@@ -178,9 +196,16 @@ class JobStore(Protocol):
         """Jobs whose id starts with ``prefix`` and sorts after ``after``, by id."""
         ...
 
-    async def delete(self, job_id: str, audit_entry: dict[str, Any] | None = None) -> bool:
+    async def delete(self, job_id: str, audit_entry: dict[str, Any] | None = None, *,
+                     finished_before: float | None = None) -> bool:
         """Remove every key of the job but its audit trail, to which ``audit_entry`` is
-        appended if the job existed. Returns whether it existed."""
+        appended if the job existed. Returns whether it existed. With
+        ``finished_before``, only a job whose ``finished_at`` is set and not later is
+        removed (atomically: a job resumed meanwhile stays)."""
+        ...
+
+    async def count(self, prefix: str = "", limit: int = 1000) -> int:
+        """How many jobs' ids start with ``prefix`` (at most ``limit`` are counted)."""
         ...
 
     async def reschedule(
@@ -220,6 +245,8 @@ class JobStore(Protocol):
         known_spec_hash: str = "",
         known_changes: int = -1,
         incarnation: str | None = None,
+        keyframe: Keyframe | None = None,
+        finished_at: float = 0.0,
     ) -> JobRecord:
         """Record a rank's progress, atomically.
 
@@ -231,6 +258,9 @@ class JobStore(Protocol):
         ``issue_until``; bumps ``version``. Returns the record after the change, with
         ``spec=None`` when ``known_spec_hash`` equals the stored ``spec_hash`` and
         ``overrides=None`` when ``known_changes`` equals the stored ``num_changes``.
+        ``keyframe`` is kept as ``save_keyframe`` would, in the same write.
+        ``finished_at`` (> 0) is stored unless the job has one already; ``join`` of a
+        new run, ``load_state`` and ``reschedule`` clear it.
         """
         ...
 
@@ -292,6 +322,16 @@ class JobStore(Protocol):
         store) it gets the checkpoint's ``audit_entries``; then ``audit_entry`` is
         appended; returns (record, True).
         """
+        ...
+
+    async def save_keyframe(self, job_id: str, keyframe: Keyframe) -> bool:
+        """Keep ``keyframe`` as the job's, atomically, if the job exists with its
+        incarnation and generation and no keyframe of them at this or a later iteration
+        is kept; returns whether it was. ``delete`` removes it with the job."""
+        ...
+
+    async def keyframe(self, job_id: str) -> Keyframe | None:
+        """The job's kept keyframe (of any incarnation or generation: the caller checks)."""
         ...
 
     async def close(self) -> None:

@@ -13,9 +13,14 @@ Why sqlite and how it keeps the contract of ``base.py``:
   never waits for a writer.
 * A writer that cannot get the lock within ``busy_timeout`` seconds, a full disk or
   an unreadable file raises ``StoreUnavailable``; other sqlite errors ``StoreError``.
-* sqlite calls block, so they run in a worker thread (``asyncio.to_thread``). One
-  connection is shared by those threads under a ``threading.Lock``: sqlite serialises
-  writers anyway, and one connection keeps the locking story trivial.
+* sqlite calls block, so they run in the store's own worker thread (not the shared
+  pool, so a burst of long computations elsewhere cannot starve the store's I/O). One
+  connection, under a ``threading.Lock``: sqlite serialises writers anyway, and one
+  connection keeps the locking story trivial.
+* Group commit: writes that arrive while a transaction is being committed wait, then
+  commit together in ONE transaction (one fsync), each inside its own SAVEPOINT, so one
+  write's refusal (``StaleGeneration``, say) undoes only that write. Every caller is
+  answered after the commit that made its write durable, never before.
 
 Files are private: the data dir is 0700 and the database files 0600 whatever the
 umask (the store holds every job, past the tokens). A data dir that others may read
@@ -36,7 +41,10 @@ import os
 import sqlite3
 import stat
 import threading
+import weakref
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -45,6 +53,7 @@ from .base import (
     IncarnationMismatch,
     JobNotFound,
     JobRecord,
+    Keyframe,
     Metrics,
     RankOutOfRange,
     StaleGeneration,
@@ -78,7 +87,8 @@ CREATE TABLE IF NOT EXISTS jobs (
     issued_until INTEGER NOT NULL,
     resumed_from TEXT NOT NULL,
     incarnation  TEXT NOT NULL DEFAULT '',
-    run_id       TEXT NOT NULL DEFAULT ''
+    run_id       TEXT NOT NULL DEFAULT '',
+    finished_at  REAL NOT NULL DEFAULT 0  -- when a rank reported the end (0: not yet)
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS progress (
     job_id     TEXT NOT NULL,
@@ -98,6 +108,13 @@ CREATE TABLE IF NOT EXISTS changes (
     data   TEXT NOT NULL,           -- canonical JSON of the change
     PRIMARY KEY (job_id, seq)
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS keyframes (
+    job_id      TEXT PRIMARY KEY,
+    incarnation TEXT NOT NULL,
+    generation  INTEGER NOT NULL,
+    iteration   INTEGER NOT NULL,
+    data        TEXT NOT NULL       -- canonical JSON of the replay states
+) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS audit (
     job_id TEXT NOT NULL,           -- not removed with the job: the trail outlives it
     seq    INTEGER NOT NULL,
@@ -112,7 +129,8 @@ _JOB_COLUMNS = (
 )
 # Columns added after the first release: ALTER TABLE'd into files written before them.
 _ADDED_JOB_COLUMNS = {"incarnation": "TEXT NOT NULL DEFAULT ''",
-                      "run_id": "TEXT NOT NULL DEFAULT ''"}
+                      "run_id": "TEXT NOT NULL DEFAULT ''",
+                      "finished_at": "REAL NOT NULL DEFAULT 0"}
 
 
 class StoreConfigError(StoreError, ValueError):
@@ -174,6 +192,15 @@ def _prefix_upper_bound(prefix: str) -> str | None:
     return None
 
 
+@dataclass
+class _CommitQueue:
+    """Writes waiting for the next group commit, and the task committing them."""
+
+    pending: list[tuple[Callable[[sqlite3.Connection], Any], asyncio.Future[Any]]] = field(
+        default_factory=list)
+    committer: asyncio.Task[None] | None = None
+
+
 class EmbeddedJobStore:
     """A ``JobStore`` in a local sqlite3 file; safe for several processes on one dir."""
 
@@ -192,6 +219,9 @@ class EmbeddedJobStore:
         except (OSError, sqlite3.Error) as exc:
             raise StoreUnavailable(f"cannot open the job store at {self.path}: {exc}") from exc
         self._conn: sqlite3.Connection | None = conn
+        self._executor = ThreadPoolExecutor(1, thread_name_prefix="paramsched-store")
+        self._queues: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _CommitQueue] = (
+            weakref.WeakKeyDictionary())
         self._call(self._init_schema, write=False, transaction=False)
 
     @staticmethod
@@ -247,19 +277,76 @@ class EmbeddedJobStore:
                 raise StoreError(f"job store at {self.path}: {exc}") from exc
 
     async def _run(self, fn: Callable[[sqlite3.Connection], _T], *, write: bool) -> _T:
-        return await asyncio.to_thread(self._call, fn, write=write)
+        if self._conn is None:
+            raise StoreUnavailable(f"the job store at {self.path} is closed")
+        loop = asyncio.get_running_loop()
+        if not write:
+            return await loop.run_in_executor(self._executor, self._call_read, fn)
+        queue = self._queues.get(loop)
+        if queue is None:  # (one queue per event loop: a future belongs to its loop)
+            queue = self._queues[loop] = _CommitQueue()
+        future: asyncio.Future[Any] = loop.create_future()
+        queue.pending.append((fn, future))
+        if queue.committer is None or queue.committer.done():
+            queue.committer = loop.create_task(self._commit_pending(queue))
+        result: _T = await future
+        return result
+
+    def _call_read(self, fn: Callable[[sqlite3.Connection], _T]) -> _T:
+        return self._call(fn, write=False)
+
+    async def _commit_pending(self, queue: _CommitQueue) -> None:
+        """Commit the waiting writes, a batch per transaction, until none wait."""
+        loop = asyncio.get_running_loop()
+        while queue.pending:
+            batch, queue.pending = queue.pending, []
+            try:
+                outcomes = await loop.run_in_executor(
+                    self._executor, self._call_batch, [fn for fn, _ in batch])
+            except BaseException as exc:  # the whole transaction failed: nobody's write
+                outcomes = [(False, exc)] * len(batch)
+            for (_, future), (ok, value) in zip(batch, outcomes, strict=True):
+                if future.done():  # the caller was cancelled (its write still happened)
+                    continue
+                if ok:
+                    future.set_result(value)
+                else:
+                    future.set_exception(value)
+
+    def _call_batch(self, fns: list[Callable[[sqlite3.Connection], Any]]) -> list[
+            tuple[bool, Any]]:
+        """Run ``fns`` in one write transaction, each in a savepoint; (ok, value) each."""
+
+        def run_all(conn: sqlite3.Connection) -> list[tuple[bool, Any]]:
+            outcomes: list[tuple[bool, Any]] = []
+            for fn in fns:
+                conn.execute("SAVEPOINT write")
+                try:
+                    value = fn(conn)
+                except sqlite3.OperationalError:
+                    raise  # the database itself failed: the whole batch does
+                except Exception as exc:  # this write's refusal (or bug) undoes it alone
+                    conn.execute("ROLLBACK TO write")
+                    conn.execute("RELEASE write")
+                    outcomes.append((False, exc))
+                else:
+                    conn.execute("RELEASE write")
+                    outcomes.append((True, value))
+            return outcomes
+
+        return self._call(run_all, write=True)
 
     @staticmethod
     def _read(
         conn: sqlite3.Connection, job_id: str, *, with_spec: bool = True, known_changes: int = -1
     ) -> JobRecord | None:
         row = conn.execute(
-            f"SELECT {_JOB_COLUMNS} FROM jobs WHERE job_id = ?", (job_id,)
+            f"SELECT {_JOB_COLUMNS}, finished_at FROM jobs WHERE job_id = ?", (job_id,)
         ).fetchone()
         if row is None:
             return None
         (spec, spec_hash, generation, version, world_size, created_at, issued, resumed,
-         incarnation, run_id) = row
+         incarnation, run_id, finished_at) = row
         progress = conn.execute(
             "SELECT rank, iterations FROM progress WHERE job_id = ?", (job_id,)
         ).fetchall()
@@ -289,6 +376,7 @@ class EmbeddedJobStore:
             num_changes=int(num_changes),
             incarnation=incarnation,
             run_id=run_id,
+            finished_at=float(finished_at),
         )
 
     @classmethod
@@ -376,15 +464,39 @@ class EmbeddedJobStore:
 
         return await self._run(op, write=False)
 
-    async def delete(self, job_id: str, audit_entry: dict[str, Any] | None = None) -> bool:
-        """Remove every row of the job but its audit trail. Returns whether it existed."""
+    async def count(self, prefix: str = "", limit: int = 1000) -> int:
+        """How many jobs' ids start with ``prefix``, counting at most ``limit``."""
+        upper = _prefix_upper_bound(prefix)
+
+        def op(conn: sqlite3.Connection) -> int:
+            sql = "SELECT 1 FROM jobs WHERE job_id >= ?"
+            params: list[Any] = [prefix]
+            if upper is not None:
+                sql += " AND job_id < ?"
+                params.append(upper)
+            (n,) = conn.execute(f"SELECT count(*) FROM ({sql} LIMIT ?)",
+                                [*params, int(limit)]).fetchone()
+            return int(n)
+
+        return await self._run(op, write=False)
+
+    async def delete(self, job_id: str, audit_entry: dict[str, Any] | None = None, *,
+                     finished_before: float | None = None) -> bool:
+        """Remove every row of the job but its audit trail. Returns whether it existed
+        (and, with ``finished_before``, had finished by then: else nothing changes)."""
         entry = canonical_json(audit_entry) if audit_entry is not None else None
 
         def op(conn: sqlite3.Connection) -> bool:
+            if finished_before is not None:
+                row = conn.execute("SELECT finished_at FROM jobs WHERE job_id = ?",
+                                   (job_id,)).fetchone()
+                if row is None or not 0 < row[0] <= finished_before:
+                    return False
             existed = conn.execute("DELETE FROM jobs WHERE job_id = ?", (job_id,)).rowcount > 0
             conn.execute("DELETE FROM progress WHERE job_id = ?", (job_id,))
             conn.execute("DELETE FROM decisions WHERE job_id = ?", (job_id,))
             conn.execute("DELETE FROM changes WHERE job_id = ?", (job_id,))
+            conn.execute("DELETE FROM keyframes WHERE job_id = ?", (job_id,))
             if existed and entry is not None:
                 self._append_audit(conn, job_id, [entry])
             return existed
@@ -403,6 +515,8 @@ class EmbeddedJobStore:
         known_spec_hash: str = "",
         known_changes: int = -1,
         incarnation: str | None = None,
+        keyframe: Keyframe | None = None,
+        finished_at: float = 0.0,
     ) -> JobRecord:
         """Record a rank's progress atomically; see ``JobStore.report``."""
         decision_row = (
@@ -430,6 +544,11 @@ class EmbeddedJobStore:
                     "ON CONFLICT (job_id, epoch) DO NOTHING",
                     (job_id, *decision_row),
                 )
+            if keyframe is not None:
+                self._keep_keyframe(conn, job_id, keyframe)
+            if finished_at > 0:
+                conn.execute("UPDATE jobs SET finished_at = ? WHERE job_id = ? AND "
+                             "finished_at = 0", (float(finished_at), job_id))
             with_spec = not (known_spec_hash and known_spec_hash == spec_hash)
             return self._read_existing(conn, job_id, with_spec=with_spec,
                                        known_changes=known_changes)
@@ -482,7 +601,8 @@ class EmbeddedJobStore:
                 return record, "resume_required"
             conn.execute(
                 "UPDATE jobs SET run_id = ?, world_size = ?, generation = generation + 1, "
-                "resumed_from = '' WHERE job_id = ?", (run_id, int(world_size), job_id))
+                "resumed_from = '', finished_at = 0 WHERE job_id = ?",
+                (run_id, int(world_size), job_id))
             conn.execute("DELETE FROM progress WHERE job_id = ?", (job_id,))
             self._record_progress(conn, job_id, rank, 0, issue_until)
             if entry is not None:
@@ -551,7 +671,7 @@ class EmbeddedJobStore:
                     "UPDATE jobs SET spec = ?, spec_hash = ?, generation = ?, "
                     "version = version + 1, "
                     "world_size = CASE WHEN ? > 0 THEN ? ELSE world_size END, "
-                    "issued_until = ?, resumed_from = ?, run_id = ? "
+                    "issued_until = ?, resumed_from = ?, run_id = ?, finished_at = 0 "
                     "WHERE job_id = ?",
                     (
                         spec_json,
@@ -613,7 +733,8 @@ class EmbeddedJobStore:
                 raise TooEarly(job_id, start, issued_until)
             conn.execute("INSERT INTO changes (job_id, seq, data) VALUES (?, ?, ?)",
                          (job_id, count, data))
-            conn.execute("UPDATE jobs SET version = version + 1 WHERE job_id = ?", (job_id,))
+            conn.execute("UPDATE jobs SET version = version + 1, finished_at = 0 "
+                         "WHERE job_id = ?", (job_id,))
             self._append_audit(conn, job_id, [entry])
             return self._read_existing(conn, job_id)
 
@@ -631,6 +752,39 @@ class EmbeddedJobStore:
 
         return await self._run(op, write=False)
 
+    async def save_keyframe(self, job_id: str, keyframe: Keyframe) -> bool:
+        """Keep the job's keyframe; see ``JobStore.save_keyframe``."""
+        return await self._run(lambda conn: self._keep_keyframe(conn, job_id, keyframe),
+                               write=True)
+
+    @staticmethod
+    def _keep_keyframe(conn: sqlite3.Connection, job_id: str, keyframe: Keyframe) -> bool:
+        job = conn.execute("SELECT incarnation, generation FROM jobs WHERE job_id = ?",
+                           (job_id,)).fetchone()
+        if job is None or (job[0], job[1]) != (keyframe.incarnation, keyframe.generation):
+            return False
+        kept = conn.execute(
+            "SELECT incarnation, generation, iteration FROM keyframes WHERE job_id = ?",
+            (job_id,)).fetchone()
+        if kept is not None and (kept[0], kept[1]) == (job[0], job[1]) and \
+                kept[2] >= keyframe.iteration:
+            return False
+        conn.execute(
+            "INSERT OR REPLACE INTO keyframes (job_id, incarnation, generation, iteration, "
+            "data) VALUES (?, ?, ?, ?, ?)",
+            (job_id, keyframe.incarnation, int(keyframe.generation),
+             int(keyframe.iteration), keyframe.data))
+        return True
+
+    async def keyframe(self, job_id: str) -> Keyframe | None:
+        def op(conn: sqlite3.Connection) -> Keyframe | None:
+            row = conn.execute(
+                "SELECT incarnation, generation, iteration, data FROM keyframes "
+                "WHERE job_id = ?", (job_id,)).fetchone()
+            return Keyframe(row[0], int(row[1]), int(row[2]), row[3]) if row else None
+
+        return await self._run(op, write=False)
+
     async def close(self) -> None:
         """Close the connection; later calls raise ``StoreUnavailable``. Idempotent."""
 
@@ -640,4 +794,10 @@ class EmbeddedJobStore:
                 if conn is not None:
                     conn.close()
 
-        await asyncio.to_thread(op)
+        if self._conn is None:
+            return
+        queue = self._queues.get(asyncio.get_running_loop())
+        if queue is not None and queue.committer is not None and not queue.committer.done():
+            await asyncio.shield(queue.committer)  # writes already asked for land first
+        await asyncio.get_running_loop().run_in_executor(self._executor, op)
+        self._executor.shutdown(wait=False)

@@ -16,8 +16,9 @@ Why it is shaped like this:
 * The hash tag ``{J}`` puts all of a job's keys in one Redis Cluster slot, so a Lua
   script may touch them together. (An empty job id would give the tag ``{}``, which
   Redis ignores; the service never creates one.)
-* Every read-modify-write (create, report, load_state, delete) is ONE Lua script,
-  registered once; keys travel in ``KEYS`` only. A script runs atomically, so
+* Every read-modify-write (create, report, join, load_state, reschedule, delete,
+  save_keyframe) is ONE Lua script, a file in ``lua/`` registered once per store; keys
+  travel in ``KEYS`` only. A script runs atomically, so
   concurrent reports from many ranks and many server replicas never lose an update,
   and a report is a single round trip.
 * Values are stored as strings Python wrote: integers as ``str(int)``, floats as
@@ -72,6 +73,7 @@ import time
 from collections.abc import AsyncIterator, Iterator, Sequence
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
+from importlib import resources
 from typing import Any
 from urllib.parse import parse_qs, unquote
 
@@ -87,6 +89,7 @@ from .base import (
     IncarnationMismatch,
     JobNotFound,
     JobRecord,
+    Keyframe,
     Metrics,
     RankOutOfRange,
     StaleGeneration,
@@ -109,197 +112,25 @@ SENTINEL_SCHEMES = {"redis+sentinel": False, "rediss+sentinel": True}
 # How often the default ``wait_replicas`` re-reads whether the master has replicas.
 _AUTO_WAIT_RECHECK_S = 5.0
 
-# A Lua helper prepended to every script that returns a record. KEYS[1..5] are the
-# job, progress, decisions, changes and audit keys. The reply is {fields, spec or
-# false, progress (flat field/value list), decisions (flat), number of changes, the
-# changes or false (when the caller holds ``known`` of them)}; ``false`` is nil.
-_LUA_READ_JOB = """
-local function read_job(with_spec, known)
-  local fields = redis.call('HMGET', KEYS[1], 'spec_hash', 'generation', 'version',
-    'world_size', 'created_at', 'issued_until', 'resumed_from', 'incarnation', 'run_id')
-  local spec = false
-  if with_spec then spec = redis.call('HGET', KEYS[1], 'spec') end
-  local count = redis.call('LLEN', KEYS[4])
-  local changes = false
-  if count ~= known then changes = redis.call('LRANGE', KEYS[4], 0, -1) end
-  return {fields, spec, redis.call('HGETALL', KEYS[2]), redis.call('HGETALL', KEYS[3]),
-    count, changes}
-end
+def _lua(name: str) -> str:
+    """The Lua script ``lua/<name>.lua``; a script whose reply is a job record gets the
+    helpers of ``lua/job.lua`` (``read_job``, ``write_children``) in front."""
+    folder = resources.files(__package__).joinpath("lua")
+    text = folder.joinpath(f"{name}.lua").read_text()
+    if "read_job(" in text or "write_children(" in text:
+        text = folder.joinpath("job.lua").read_text() + text
+    return text
 
-local function write_children(first)
-  -- ARGV[first] = number of progress pairs, then those pairs, then decision pairs.
-  redis.call('DEL', KEYS[2], KEYS[3])
-  local n = tonumber(ARGV[first])
-  local i = first + 1
-  for _ = 1, n do
-    redis.call('HSET', KEYS[2], ARGV[i], ARGV[i + 1])
-    i = i + 2
-  end
-  while i < #ARGV do
-    redis.call('HSET', KEYS[3], ARGV[i], ARGV[i + 1])
-    i = i + 2
-  end
-end
-"""
 
-_READ_SCRIPT = (
-    _LUA_READ_JOB
-    + """
-if redis.call('EXISTS', KEYS[1]) == 0 then return false end
-return read_job(true, -1)
-"""
-)
-
-# ARGV: spec, spec_hash, generation, version, world_size, created_at, issued_until,
-#       resumed_from, incarnation, run_id, then write_children's arguments from ARGV[11].
-_CREATE_SCRIPT = (
-    _LUA_READ_JOB
-    + """
-if redis.call('EXISTS', KEYS[1]) == 1 then return {0, read_job(true, -1)} end
-redis.call('HSET', KEYS[1], 'spec', ARGV[1], 'spec_hash', ARGV[2], 'generation', ARGV[3],
-  'version', ARGV[4], 'world_size', ARGV[5], 'created_at', ARGV[6],
-  'issued_until', ARGV[7], 'resumed_from', ARGV[8], 'incarnation', ARGV[9], 'run_id', ARGV[10])
-write_children(11)
-return {1}
-"""
-)
-
-# ARGV: generation, rank, iteration, has_decision ('1'/'0'), epoch, metrics JSON,
-#       issue_until, known_spec_hash, known_changes, check incarnation ('1'/'0'),
-#       incarnation.
-_REPORT_SCRIPT = (
-    _LUA_READ_JOB
-    + """
-if redis.call('EXISTS', KEYS[1]) == 0 then return {'missing'} end
-if ARGV[10] == '1' then
-  local incarnation = redis.call('HGET', KEYS[1], 'incarnation') or ''
-  if incarnation ~= ARGV[11] then return {'incarnation', incarnation} end
-end
-local generation = redis.call('HGET', KEYS[1], 'generation')
-if tonumber(generation) ~= tonumber(ARGV[1]) then return {'stale', generation} end
-local world_size = redis.call('HGET', KEYS[1], 'world_size')
-if tonumber(world_size) > 0 and tonumber(ARGV[2]) >= tonumber(world_size) then
-  return {'rank', world_size}
-end
-local done = redis.call('HGET', KEYS[2], ARGV[2])
-if (not done) or tonumber(done) < tonumber(ARGV[3]) then
-  redis.call('HSET', KEYS[2], ARGV[2], ARGV[3])
-end
-if ARGV[4] == '1' then redis.call('HSETNX', KEYS[3], ARGV[5], ARGV[6]) end
-if tonumber(redis.call('HGET', KEYS[1], 'issued_until')) < tonumber(ARGV[7]) then
-  redis.call('HSET', KEYS[1], 'issued_until', ARGV[7])
-end
-redis.call('HINCRBY', KEYS[1], 'version', 1)
-local with_spec = ARGV[8] == '' or redis.call('HGET', KEYS[1], 'spec_hash') ~= ARGV[8]
-return {'ok', read_job(with_spec, tonumber(ARGV[9]))}
-"""
-)
-
-# ARGV: run_id, world_size, rank, issue_until, the new run's audit entry ('' for none).
-_JOIN_SCRIPT = (
-    _LUA_READ_JOB
-    + """
-if redis.call('EXISTS', KEYS[1]) == 0 then return {'missing'} end
-local function record_rank()
-  redis.call('HSETNX', KEYS[2], ARGV[3], '0')
-  if tonumber(redis.call('HGET', KEYS[1], 'issued_until')) < tonumber(ARGV[4]) then
-    redis.call('HSET', KEYS[1], 'issued_until', ARGV[4])
-  end
-  redis.call('HINCRBY', KEYS[1], 'version', 1)
-end
-local world_size = redis.call('HGET', KEYS[1], 'world_size')
-if (redis.call('HGET', KEYS[1], 'run_id') or '') == ARGV[1] then
-  if tonumber(ARGV[2]) > 0 and tonumber(world_size) > 0
-      and tonumber(world_size) ~= tonumber(ARGV[2]) then
-    return {'world', world_size}
-  end
-  if tonumber(world_size) > 0 and tonumber(ARGV[3]) >= tonumber(world_size) then
-    return {'rank', world_size}
-  end
-  if tonumber(world_size) == 0 then redis.call('HSET', KEYS[1], 'world_size', ARGV[2]) end
-  record_rank()
-  return {'joined', read_job(true, -1)}
-end
-if redis.call('HLEN', KEYS[3]) > 0 then return {'resume_required', read_job(true, -1)} end
-for _, done in ipairs(redis.call('HVALS', KEYS[2])) do
-  if tonumber(done) > 0 then return {'resume_required', read_job(true, -1)} end
-end
-redis.call('HSET', KEYS[1], 'run_id', ARGV[1], 'world_size', ARGV[2], 'resumed_from', '')
-redis.call('HINCRBY', KEYS[1], 'generation', 1)
-redis.call('DEL', KEYS[2])
-record_rank()
-if ARGV[5] ~= '' then redis.call('RPUSH', KEYS[5], ARGV[5]) end
-return {'new_run', read_job(true, -1)}
-"""
-)
-
-# ARGV: spec, spec_hash, min_generation, state_hash, world_size, created_at,
-#       issued_until, resume audit entry ('' for none), run_id, incarnation (for a new
-#       job), n changes, the changes, n audit entries to restore, those entries, then
-#       write_children's arguments.
-_LOAD_STATE_SCRIPT = (
-    _LUA_READ_JOB
-    + """
-if redis.call('EXISTS', KEYS[1]) == 1 then
-  if redis.call('HGET', KEYS[1], 'resumed_from') == ARGV[4] then
-    return {0, read_job(true, -1)}
-  end
-  -- generation = max(stored + 1, min_generation), without formatting a Lua number.
-  if tonumber(redis.call('HGET', KEYS[1], 'generation')) >= tonumber(ARGV[3]) then
-    redis.call('HINCRBY', KEYS[1], 'generation', 1)
-  else
-    redis.call('HSET', KEYS[1], 'generation', ARGV[3])
-  end
-  redis.call('HINCRBY', KEYS[1], 'version', 1)
-else
-  redis.call('HSET', KEYS[1], 'generation', ARGV[3], 'version', '1', 'created_at', ARGV[6],
-    'incarnation', ARGV[10])
-end
-redis.call('HSET', KEYS[1], 'spec', ARGV[1], 'spec_hash', ARGV[2], 'issued_until', ARGV[7],
-  'resumed_from', ARGV[4], 'run_id', ARGV[9])
-if tonumber(ARGV[5]) > 0 or redis.call('HEXISTS', KEYS[1], 'world_size') == 0 then
-  redis.call('HSET', KEYS[1], 'world_size', ARGV[5])
-end
-local i = 11
-local n = tonumber(ARGV[i])
-redis.call('DEL', KEYS[4])
-for j = 1, n do redis.call('RPUSH', KEYS[4], ARGV[i + j]) end
-i = i + n + 1
-n = tonumber(ARGV[i])
-if redis.call('EXISTS', KEYS[5]) == 0 then
-  for j = 1, n do redis.call('RPUSH', KEYS[5], ARGV[i + j]) end
-end
-if ARGV[8] ~= '' then redis.call('RPUSH', KEYS[5], ARGV[8]) end
-write_children(i + n + 1)
-return {1, read_job(true, -1)}
-"""
-)
-
-# ARGV: the deletion's audit entry ('' for none). The audit list stays.
-_DELETE_SCRIPT = """
-local existed = redis.call('EXISTS', KEYS[1])
-redis.call('DEL', KEYS[1], KEYS[2], KEYS[3], KEYS[4])
-if existed == 1 and ARGV[1] ~= '' then redis.call('RPUSH', KEYS[5], ARGV[1]) end
-return existed
-"""
-
-# ARGV: generation, expected number of changes, from_iteration, change, audit entry.
-_RESCHEDULE_SCRIPT = (
-    _LUA_READ_JOB
-    + """
-if redis.call('EXISTS', KEYS[1]) == 0 then return {'missing'} end
-local generation = redis.call('HGET', KEYS[1], 'generation')
-if tonumber(generation) ~= tonumber(ARGV[1]) then return {'stale', generation} end
-local count = redis.call('LLEN', KEYS[4])
-if count ~= tonumber(ARGV[2]) then return {'conflict', count} end
-local issued = redis.call('HGET', KEYS[1], 'issued_until')
-if tonumber(issued) > tonumber(ARGV[3]) then return {'early', issued} end
-redis.call('RPUSH', KEYS[4], ARGV[4])
-redis.call('RPUSH', KEYS[5], ARGV[5])
-redis.call('HINCRBY', KEYS[1], 'version', 1)
-return {'ok', read_job(true, -1)}
-"""
-)
+# Every read-modify-write is one script (atomic in Redis), registered once per store.
+_READ_SCRIPT = _lua("read")
+_CREATE_SCRIPT = _lua("create")
+_REPORT_SCRIPT = _lua("report")
+_JOIN_SCRIPT = _lua("join")
+_LOAD_STATE_SCRIPT = _lua("load_state")
+_DELETE_SCRIPT = _lua("delete")
+_SAVE_KEYFRAME_SCRIPT = _lua("save_keyframe")
+_RESCHEDULE_SCRIPT = _lua("reschedule")
 
 # Errors that mean "the backend is not there right now" (retry later), as opposed to
 # a bug or a misconfiguration. ConnectionError covers BusyLoadingError (AOF replay).
@@ -412,7 +243,7 @@ def _record(job_id: str, reply: Sequence[Any]) -> JobRecord:
     """Build a JobRecord from ``read_job``'s reply (strings, decode_responses=True)."""
     fields, spec, progress, decisions, num_changes, changes = reply
     (spec_hash, generation, version, world_size, created_at, issued_until, resumed,
-     incarnation, run_id) = fields
+     incarnation, run_id, finished_at) = fields
     return JobRecord(
         job_id=job_id,
         spec=json.loads(spec) if spec is not None else None,
@@ -429,6 +260,7 @@ def _record(job_id: str, reply: Sequence[Any]) -> JobRecord:
         num_changes=int(num_changes),
         incarnation=incarnation or "",
         run_id=run_id or "",
+        finished_at=float(finished_at or 0),
     )
 
 
@@ -508,6 +340,7 @@ class RedisJobStore:
         self._join_script = self._redis.register_script(_JOIN_SCRIPT)
         self._delete_script = self._redis.register_script(_DELETE_SCRIPT)
         self._reschedule_script = self._redis.register_script(_RESCHEDULE_SCRIPT)
+        self._save_keyframe_script = self._redis.register_script(_SAVE_KEYFRAME_SCRIPT)
 
     @staticmethod
     def _sentinel(target: SentinelTarget, options: dict[str, Any]) -> Sentinel:
@@ -584,6 +417,10 @@ class RedisJobStore:
         return [f"{self.prefix}:{{{job_id}}}:{part}"
                 for part in ("job", "progress", "decisions", "changes", "audit")]
 
+    def keyframe_key(self, job_id: str) -> str:
+        """The job's keyframe (a hash), in the job's hash slot."""
+        return f"{self.prefix}:{{{job_id}}}:keyframe"
+
     async def create(self, record: JobRecord) -> tuple[JobRecord, bool]:
         """Store ``record`` unless the job exists. Returns (stored record, created)."""
         args = [
@@ -659,14 +496,26 @@ class RedisJobStore:
                 await self._read_script(keys=self.job_keys(job_id), client=pipe)
             return list(await pipe.execute())
 
-    async def delete(self, job_id: str, audit_entry: dict[str, Any] | None = None) -> bool:
-        """Remove every key of the job but its audit list. Returns whether it existed."""
+    async def delete(self, job_id: str, audit_entry: dict[str, Any] | None = None, *,
+                     finished_before: float | None = None) -> bool:
+        """Remove every key of the job but its audit list; see ``JobStore.delete``."""
         entry = canonical_json(audit_entry) if audit_entry is not None else ""
+        before = repr(float(finished_before)) if finished_before is not None else ""
         async with self._backend("delete"):
-            existed = await self._write(self._delete_script, self.job_keys(job_id), [entry],
-                                        "delete")
-            await self._redis.zrem(self._index, job_id)
+            existed = await self._write(
+                self._delete_script, [*self.job_keys(job_id), self.keyframe_key(job_id)],
+                [entry, before], "delete")
+            if existed or finished_before is None:  # (also heals an index entry left over)
+                await self._redis.zrem(self._index, job_id)
         return bool(existed)
+
+    async def count(self, prefix: str = "", limit: int = 1000) -> int:
+        """How many ids the job index holds under ``prefix`` (at most ``limit``)."""
+        low = b"[" + prefix.encode() if prefix else b"-"
+        high = b"[" + prefix.encode() + b"\xff" if prefix else b"+"
+        async with self._backend("count"):
+            n = await self._redis.zlexcount(self._index, low, high)
+        return min(int(n), limit)
 
     async def report(
         self,
@@ -680,6 +529,8 @@ class RedisJobStore:
         known_spec_hash: str = "",
         known_changes: int = -1,
         incarnation: str | None = None,
+        keyframe: Keyframe | None = None,
+        finished_at: float = 0.0,
     ) -> JobRecord:
         """Record a rank's progress in one script call; see ``JobStore.report``."""
         if decision is None:
@@ -696,15 +547,19 @@ class RedisJobStore:
             str(int(known_changes)),
             "0" if incarnation is None else "1",
             incarnation or "",
+            *(["1", keyframe.incarnation, str(int(keyframe.iteration)), keyframe.data]
+              if keyframe is not None and keyframe.generation == generation
+              else ["0", "", "0", ""]),
+            repr(float(finished_at)),
         ]
+        keys = [*self.job_keys(job_id), self.keyframe_key(job_id)]
         async with self._backend("report"):
             # WAIT only where a plan is handed out or a decision recorded: progress alone
             # lost to a failover is reported again by the rank.
             if issue_until > 0 or decision is not None:
-                reply = await self._write(self._report_script, self.job_keys(job_id), args,
-                                          "report")
+                reply = await self._write(self._report_script, keys, args, "report")
             else:
-                reply = await self._report_script(keys=self.job_keys(job_id), args=args)
+                reply = await self._report_script(keys=keys, args=args)
         status = reply[0]
         if status == "missing":
             raise JobNotFound(job_id)
@@ -815,6 +670,24 @@ class RedisJobStore:
         if status == "early":
             raise TooEarly(job_id, start, int(reply[1]))
         return _record(job_id, reply[1])
+
+    async def save_keyframe(self, job_id: str, keyframe: Keyframe) -> bool:
+        """Keep the job's keyframe in one script; see ``JobStore.save_keyframe``. No
+        ``WAIT``: a keyframe a failover loses only costs a longer replay."""
+        args = [keyframe.incarnation, str(int(keyframe.generation)),
+                str(int(keyframe.iteration)), keyframe.data]
+        async with self._backend("save_keyframe"):
+            saved = await self._save_keyframe_script(
+                keys=[self.job_keys(job_id)[0], self.keyframe_key(job_id)], args=args)
+        return bool(saved)
+
+    async def keyframe(self, job_id: str) -> Keyframe | None:
+        async with self._backend("keyframe"):
+            kept = await self._redis.hgetall(self.keyframe_key(job_id))
+        if not kept:
+            return None
+        return Keyframe(str(kept["incarnation"]), int(kept["generation"]),
+                        int(kept["iteration"]), str(kept["data"]))
 
     async def append_audit(self, job_id: str, entry: dict[str, Any]) -> None:
         async with self._backend("append_audit"):

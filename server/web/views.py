@@ -19,6 +19,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from ..service import JobView, Plan
+from ..service.pages import Page
 
 FENCE_WINDOW_SECONDS = 600.0
 
@@ -71,12 +72,14 @@ def frontier(view: JobView) -> int:
 
 
 def curves(plans: Sequence[Plan], params: Sequence[str], num_groups: int) -> dict[str, Any]:
-    """Plans (consecutive or sampled) as ``iterations`` + per param, per group, values."""
+    """Plans (consecutive, or pages of every ``stride``-th iteration) as ``iterations``
+    + per param, per group, values."""
     iterations: list[int] = []
     values: dict[str, list[list[Any]]] = {p: [[] for _ in range(num_groups)] for p in params}
     for plan in plans:
+        stride = plan.stride if isinstance(plan, Page) else 1
         for offset, step in enumerate(plan.values):
-            iterations.append(plan.start + offset)
+            iterations.append(plan.start + offset * stride)
             for g, group in enumerate(step[:num_groups]):
                 for p in params:
                     values[p][g].append(finite(group.get(p)))

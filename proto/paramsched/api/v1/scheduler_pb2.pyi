@@ -40,7 +40,7 @@ class Bounds(_message.Message):
     def __init__(self, min: _Optional[float] = ..., max: _Optional[float] = ...) -> None: ...
 
 class JobSpec(_message.Message):
-    __slots__ = ("param_scheduler_json", "initial_values", "epoch_length", "max_epochs", "max_iters", "bounds", "max_jump_factor", "semantics")
+    __slots__ = ("param_scheduler_json", "initial_values", "epoch_length", "max_epochs", "max_iters", "bounds", "max_jump_factor", "semantics", "val_interval")
     class BoundsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -56,6 +56,7 @@ class JobSpec(_message.Message):
     BOUNDS_FIELD_NUMBER: _ClassVar[int]
     MAX_JUMP_FACTOR_FIELD_NUMBER: _ClassVar[int]
     SEMANTICS_FIELD_NUMBER: _ClassVar[int]
+    VAL_INTERVAL_FIELD_NUMBER: _ClassVar[int]
     param_scheduler_json: str
     initial_values: _containers.RepeatedCompositeFieldContainer[ParamGroup]
     epoch_length: int
@@ -64,7 +65,8 @@ class JobSpec(_message.Message):
     bounds: _containers.MessageMap[str, Bounds]
     max_jump_factor: float
     semantics: int
-    def __init__(self, param_scheduler_json: _Optional[str] = ..., initial_values: _Optional[_Iterable[_Union[ParamGroup, _Mapping]]] = ..., epoch_length: _Optional[int] = ..., max_epochs: _Optional[int] = ..., max_iters: _Optional[int] = ..., bounds: _Optional[_Mapping[str, Bounds]] = ..., max_jump_factor: _Optional[float] = ..., semantics: _Optional[int] = ...) -> None: ...
+    val_interval: int
+    def __init__(self, param_scheduler_json: _Optional[str] = ..., initial_values: _Optional[_Iterable[_Union[ParamGroup, _Mapping]]] = ..., epoch_length: _Optional[int] = ..., max_epochs: _Optional[int] = ..., max_iters: _Optional[int] = ..., bounds: _Optional[_Mapping[str, Bounds]] = ..., max_jump_factor: _Optional[float] = ..., semantics: _Optional[int] = ..., val_interval: _Optional[int] = ...) -> None: ...
 
 class RankProgress(_message.Message):
     __slots__ = ("rank", "iteration")
@@ -111,7 +113,7 @@ class Job(_message.Message):
     def __init__(self, job_id: _Optional[str] = ..., spec: _Optional[_Union[JobSpec, _Mapping]] = ..., generation: _Optional[int] = ..., world_size: _Optional[int] = ..., params: _Optional[_Iterable[str]] = ..., num_groups: _Optional[int] = ..., momentum_via_betas: _Optional[bool] = ..., max_iters: _Optional[int] = ..., epoch_length: _Optional[int] = ..., progress: _Optional[_Iterable[_Union[RankProgress, _Mapping]]] = ..., version: _Optional[int] = ..., created_at: _Optional[float] = ..., issued_until: _Optional[int] = ..., num_changes: _Optional[int] = ..., incarnation: _Optional[str] = ..., run_id: _Optional[str] = ...) -> None: ...
 
 class Plan(_message.Message):
-    __slots__ = ("start_iteration", "num_iterations", "params", "num_groups", "values", "generation", "waits_for_epoch", "max_iters", "incarnation")
+    __slots__ = ("start_iteration", "num_iterations", "params", "num_groups", "values", "generation", "waits_for_epoch", "max_iters", "incarnation", "stride")
     START_ITERATION_FIELD_NUMBER: _ClassVar[int]
     NUM_ITERATIONS_FIELD_NUMBER: _ClassVar[int]
     PARAMS_FIELD_NUMBER: _ClassVar[int]
@@ -121,6 +123,7 @@ class Plan(_message.Message):
     WAITS_FOR_EPOCH_FIELD_NUMBER: _ClassVar[int]
     MAX_ITERS_FIELD_NUMBER: _ClassVar[int]
     INCARNATION_FIELD_NUMBER: _ClassVar[int]
+    STRIDE_FIELD_NUMBER: _ClassVar[int]
     start_iteration: int
     num_iterations: int
     params: _containers.RepeatedScalarFieldContainer[str]
@@ -130,7 +133,8 @@ class Plan(_message.Message):
     waits_for_epoch: int
     max_iters: int
     incarnation: str
-    def __init__(self, start_iteration: _Optional[int] = ..., num_iterations: _Optional[int] = ..., params: _Optional[_Iterable[str]] = ..., num_groups: _Optional[int] = ..., values: _Optional[_Iterable[float]] = ..., generation: _Optional[int] = ..., waits_for_epoch: _Optional[int] = ..., max_iters: _Optional[int] = ..., incarnation: _Optional[str] = ...) -> None: ...
+    stride: int
+    def __init__(self, start_iteration: _Optional[int] = ..., num_iterations: _Optional[int] = ..., params: _Optional[_Iterable[str]] = ..., num_groups: _Optional[int] = ..., values: _Optional[_Iterable[float]] = ..., generation: _Optional[int] = ..., waits_for_epoch: _Optional[int] = ..., max_iters: _Optional[int] = ..., incarnation: _Optional[str] = ..., stride: _Optional[int] = ...) -> None: ...
 
 class AttachJobRequest(_message.Message):
     __slots__ = ("job_id", "spec", "world_size", "rank", "plan_size", "run_id", "start_over")
@@ -205,7 +209,7 @@ class DeleteJobResponse(_message.Message):
     def __init__(self, deleted: _Optional[bool] = ...) -> None: ...
 
 class ReportProgressRequest(_message.Message):
-    __slots__ = ("job_id", "generation", "rank", "iteration", "epoch_end", "metrics", "has_metrics", "plan_size", "incarnation")
+    __slots__ = ("job_id", "generation", "rank", "iteration", "epoch_end", "metrics", "has_metrics", "plan_size", "incarnation", "validation_at")
     class MetricsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -222,6 +226,7 @@ class ReportProgressRequest(_message.Message):
     HAS_METRICS_FIELD_NUMBER: _ClassVar[int]
     PLAN_SIZE_FIELD_NUMBER: _ClassVar[int]
     INCARNATION_FIELD_NUMBER: _ClassVar[int]
+    VALIDATION_AT_FIELD_NUMBER: _ClassVar[int]
     job_id: str
     generation: int
     rank: int
@@ -231,7 +236,8 @@ class ReportProgressRequest(_message.Message):
     has_metrics: bool
     plan_size: int
     incarnation: str
-    def __init__(self, job_id: _Optional[str] = ..., generation: _Optional[int] = ..., rank: _Optional[int] = ..., iteration: _Optional[int] = ..., epoch_end: _Optional[int] = ..., metrics: _Optional[_Mapping[str, float]] = ..., has_metrics: _Optional[bool] = ..., plan_size: _Optional[int] = ..., incarnation: _Optional[str] = ...) -> None: ...
+    validation_at: int
+    def __init__(self, job_id: _Optional[str] = ..., generation: _Optional[int] = ..., rank: _Optional[int] = ..., iteration: _Optional[int] = ..., epoch_end: _Optional[int] = ..., metrics: _Optional[_Mapping[str, float]] = ..., has_metrics: _Optional[bool] = ..., plan_size: _Optional[int] = ..., incarnation: _Optional[str] = ..., validation_at: _Optional[int] = ...) -> None: ...
 
 class ReportProgressResponse(_message.Message):
     __slots__ = ("plan",)
@@ -240,20 +246,26 @@ class ReportProgressResponse(_message.Message):
     def __init__(self, plan: _Optional[_Union[Plan, _Mapping]] = ...) -> None: ...
 
 class GetValuesRequest(_message.Message):
-    __slots__ = ("job_id", "start_iteration", "stop_iteration")
+    __slots__ = ("job_id", "start_iteration", "stop_iteration", "stride", "page_token")
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     START_ITERATION_FIELD_NUMBER: _ClassVar[int]
     STOP_ITERATION_FIELD_NUMBER: _ClassVar[int]
+    STRIDE_FIELD_NUMBER: _ClassVar[int]
+    PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
     job_id: str
     start_iteration: int
     stop_iteration: int
-    def __init__(self, job_id: _Optional[str] = ..., start_iteration: _Optional[int] = ..., stop_iteration: _Optional[int] = ...) -> None: ...
+    stride: int
+    page_token: str
+    def __init__(self, job_id: _Optional[str] = ..., start_iteration: _Optional[int] = ..., stop_iteration: _Optional[int] = ..., stride: _Optional[int] = ..., page_token: _Optional[str] = ...) -> None: ...
 
 class GetValuesResponse(_message.Message):
-    __slots__ = ("plan",)
+    __slots__ = ("plan", "next_page_token")
     PLAN_FIELD_NUMBER: _ClassVar[int]
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
     plan: Plan
-    def __init__(self, plan: _Optional[_Union[Plan, _Mapping]] = ...) -> None: ...
+    next_page_token: str
+    def __init__(self, plan: _Optional[_Union[Plan, _Mapping]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
 
 class GetStateRequest(_message.Message):
     __slots__ = ("job_id", "iteration", "generation", "incarnation")
@@ -304,7 +316,7 @@ class LoadStateResponse(_message.Message):
     def __init__(self, job: _Optional[_Union[Job, _Mapping]] = ..., plan: _Optional[_Union[Plan, _Mapping]] = ..., resumed: _Optional[bool] = ...) -> None: ...
 
 class PreviewScheduleRequest(_message.Message):
-    __slots__ = ("spec", "start_iteration", "stop_iteration", "decisions")
+    __slots__ = ("spec", "start_iteration", "stop_iteration", "decisions", "stride", "page_token")
     class DecisionsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -316,11 +328,15 @@ class PreviewScheduleRequest(_message.Message):
     START_ITERATION_FIELD_NUMBER: _ClassVar[int]
     STOP_ITERATION_FIELD_NUMBER: _ClassVar[int]
     DECISIONS_FIELD_NUMBER: _ClassVar[int]
+    STRIDE_FIELD_NUMBER: _ClassVar[int]
+    PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
     spec: JobSpec
     start_iteration: int
     stop_iteration: int
     decisions: _containers.MessageMap[int, MetricsDecision]
-    def __init__(self, spec: _Optional[_Union[JobSpec, _Mapping]] = ..., start_iteration: _Optional[int] = ..., stop_iteration: _Optional[int] = ..., decisions: _Optional[_Mapping[int, MetricsDecision]] = ...) -> None: ...
+    stride: int
+    page_token: str
+    def __init__(self, spec: _Optional[_Union[JobSpec, _Mapping]] = ..., start_iteration: _Optional[int] = ..., stop_iteration: _Optional[int] = ..., decisions: _Optional[_Mapping[int, MetricsDecision]] = ..., stride: _Optional[int] = ..., page_token: _Optional[str] = ...) -> None: ...
 
 class MetricsDecision(_message.Message):
     __slots__ = ("metrics", "has_metrics")
@@ -338,10 +354,12 @@ class MetricsDecision(_message.Message):
     def __init__(self, metrics: _Optional[_Mapping[str, float]] = ..., has_metrics: _Optional[bool] = ...) -> None: ...
 
 class PreviewScheduleResponse(_message.Message):
-    __slots__ = ("plan",)
+    __slots__ = ("plan", "next_page_token")
     PLAN_FIELD_NUMBER: _ClassVar[int]
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
     plan: Plan
-    def __init__(self, plan: _Optional[_Union[Plan, _Mapping]] = ...) -> None: ...
+    next_page_token: str
+    def __init__(self, plan: _Optional[_Union[Plan, _Mapping]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
 
 class ParamValues(_message.Message):
     __slots__ = ("values",)
