@@ -21,7 +21,7 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from paramsched.server.schedules import ConfigError, MetricsError, build_job_spec
-from paramsched.server.schedules.reschedule import Schedule, build_override
+from paramsched.server.schedules.reschedule import Schedule, build_change
 from paramsched.server.service import SchedulerService
 from paramsched.server.store import EmbeddedJobStore, canonical_json
 
@@ -70,7 +70,7 @@ def changes(draw: st.DrawFn, max_iters: int) -> list[dict[str, Any]]:
 def _schedule(case: Case, data: list[dict[str, Any]]) -> Schedule:
     schedule = Schedule(_spec(case))
     for i, change in enumerate(data):
-        schedule.add(build_override(schedule, change, decisions=case.metrics,
+        schedule.add(build_change(schedule, change, decisions=case.metrics,
                                     where=f"change {i}"))
     return schedule
 

@@ -92,7 +92,7 @@ def test_every_key_of_a_job_is_in_one_slot_on_one_master(
         await job_store.create(contract.make_record(job_id, progress={0: 1}))
         await job_store.report(job_id, generation=1, rank=1, iteration=2, decision=(0, None))
         await job_store.reschedule(job_id, generation=1, expected_changes=0,
-                                   override={"from_iteration": 2}, audit_entry={})
+                                   change={"from_iteration": 2}, audit_entry={})
 
     store_loop.run(scenario())
     assert isinstance(job_store, RedisJobStore)

@@ -128,7 +128,7 @@ def test_a_write_the_replicas_cannot_confirm_is_unavailable_not_acknowledged(
             await store.report("job-a", generation=1, rank=0, iteration=3, issue_until=10)
         with pytest.raises(StoreUnavailable):
             await store.reschedule("job-a", generation=1, expected_changes=0,
-                                   override={"from_iteration": 20}, audit_entry={})
+                                   change={"from_iteration": 20}, audit_entry={})
 
     store_loop.run(scenario())
     store_loop.run(store.close())

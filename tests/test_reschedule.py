@@ -15,7 +15,7 @@ import pytest
 from paramsched.api.v1 import scheduler_pb2 as pb
 from paramsched.api.v1 import scheduler_pb2_grpc as pb_grpc
 from paramsched.server.schedules import ConfigError, build_job_spec
-from paramsched.server.schedules.reschedule import Schedule, build_override
+from paramsched.server.schedules.reschedule import Schedule, build_change
 
 from grpc_harness import serving
 from test_service_grpc import decode, spec_proto
@@ -38,7 +38,7 @@ def lrs(s: Schedule, group: int = 0, param: str = "lr") -> list[float]:
 
 
 def change(s: Schedule, **data: Any) -> None:
-    s.add(build_override(s, data, decisions={}))
+    s.add(build_change(s, data, decisions={}))
 
 
 # -- the mechanism, on the engine ----------------------------------------------------------
@@ -117,7 +117,7 @@ def test_changes_stack_in_order():
 ])
 def test_bad_changes_name_the_field(data: dict[str, Any], field: str):
     with pytest.raises(ConfigError) as info:
-        build_override(schedule(), data, decisions={}, where="change")
+        build_change(schedule(), data, decisions={}, where="change")
     assert info.value.field == field
 
 

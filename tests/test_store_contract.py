@@ -257,7 +257,7 @@ class TestJobStoreContract:
             assert r.finished_at == 1000.5  # the first end counts
             assert (await job_store.get("job-a")).finished_at == 1000.5  # type: ignore[union-attr]
             r = await job_store.reschedule("job-a", generation=1, expected_changes=0,
-                                           override={"from_iteration": 20},
+                                           change={"from_iteration": 20},
                                            audit_entry={"action": "extend"})
             assert r.finished_at == 0.0
             await job_store.report("job-a", generation=1, rank=0, iteration=30, finished_at=3.0)
@@ -627,14 +627,14 @@ class TestJobStoreContract:
             change = {"from_iteration": 10, "mode": "replace", "start_values": {"lr": 0.25}}
             entry = {"action": "set", "iteration": 10, "principal": "ops"}
             record = await job_store.reschedule("job-a", generation=1, expected_changes=0,
-                                                override=change, audit_entry=entry)
-            assert record.overrides == [change] and record.num_changes == 1
+                                                change=change, audit_entry=entry)
+            assert record.changes == [change] and record.num_changes == 1
             assert record.version == 2
             second = {"from_iteration": 12, "mode": "multiply", "start_values": {"lr": 0.5}}
             await job_store.reschedule("job-a", generation=1, expected_changes=1,
-                                       override=second, audit_entry={"action": "scale"})
+                                       change=second, audit_entry={"action": "scale"})
             stored = await job_store.get("job-a")
-            assert stored is not None and stored.overrides == [change, second]
+            assert stored is not None and stored.changes == [change, second]
             assert [e["action"] for e in await job_store.audit("job-a")] == ["set", "scale"]
 
         store_loop.run(scenario())
@@ -648,13 +648,13 @@ class TestJobStoreContract:
             with pytest.raises(TooEarly) as info:
                 await job_store.reschedule(
                     "job-a", generation=1, expected_changes=0,
-                    override={"from_iteration": 19}, audit_entry={"action": "x"})
+                    change={"from_iteration": 19}, audit_entry={"action": "x"})
             assert info.value.issued_until == 20
             before = await job_store.get("job-a")
             assert before is not None and before.num_changes == 0
             assert await job_store.audit("job-a") == []
             await job_store.reschedule("job-a", generation=1, expected_changes=0,
-                                       override={"from_iteration": 20}, audit_entry={})
+                                       change={"from_iteration": 20}, audit_entry={})
 
         store_loop.run(scenario())
 
@@ -666,17 +666,17 @@ class TestJobStoreContract:
             change = {"from_iteration": 0}
             with pytest.raises(StaleGeneration):
                 await job_store.reschedule("job-a", generation=2, expected_changes=0,
-                                           override=change, audit_entry={})
+                                           change=change, audit_entry={})
             with pytest.raises(ChangeConflict):
                 await job_store.reschedule("job-a", generation=1, expected_changes=3,
-                                           override=change, audit_entry={})
+                                           change=change, audit_entry={})
             with pytest.raises(JobNotFound):
                 await job_store.reschedule("nobody", generation=1, expected_changes=0,
-                                           override=change, audit_entry={})
+                                           change=change, audit_entry={})
             # Two changes computed against the same state: exactly one lands.
             results = await asyncio.gather(
                 *(job_store.reschedule("job-a", generation=1, expected_changes=0,
-                                       override={"from_iteration": i}, audit_entry={"n": i})
+                                       change={"from_iteration": i}, audit_entry={"n": i})
                   for i in range(5)), return_exceptions=True)
             assert sum(isinstance(r, JobRecord) for r in results) == 1
             assert all(isinstance(r, JobRecord | ChangeConflict) for r in results)
@@ -689,13 +689,13 @@ class TestJobStoreContract:
         async def scenario() -> None:
             await job_store.create(make_record())
             await job_store.reschedule("job-a", generation=1, expected_changes=0,
-                                       override={"from_iteration": 0}, audit_entry={})
+                                       change={"from_iteration": 0}, audit_entry={})
             held = await job_store.report("job-a", generation=1, rank=0, iteration=1,
                                           known_changes=1)
-            assert held.overrides is None and held.num_changes == 1
+            assert held.changes is None and held.num_changes == 1
             stale = await job_store.report("job-a", generation=1, rank=0, iteration=1,
                                            known_changes=0)
-            assert stale.overrides == [{"from_iteration": 0}]
+            assert stale.changes == [{"from_iteration": 0}]
 
         store_loop.run(scenario())
 
@@ -705,12 +705,12 @@ class TestJobStoreContract:
         async def scenario() -> None:
             await job_store.create(make_record())
             await job_store.reschedule("job-a", generation=1, expected_changes=0,
-                                       override={"from_iteration": 0}, audit_entry={"a": 1})
+                                       change={"from_iteration": 0}, audit_entry={"a": 1})
             assert await job_store.delete("job-a", {"action": "delete"}) is True
             assert await job_store.delete("job-a", {"action": "delete"}) is False
             assert await job_store.audit("job-a") == [{"a": 1}, {"action": "delete"}]
             fresh, created = await job_store.create(make_record())
-            assert created and fresh.overrides == [] and fresh.num_changes == 0
+            assert created and fresh.changes == [] and fresh.num_changes == 0
             await job_store.append_audit("job-a", {"action": "again"})
             assert len(await job_store.audit("job-a")) == 3
 
@@ -722,14 +722,14 @@ class TestJobStoreContract:
         async def scenario() -> None:
             changes = [{"from_iteration": 5}, {"from_iteration": 9}]
             trail = [{"action": "set"}, {"action": "decay"}]
-            record, resumed = await load(job_store, overrides=changes, audit_entries=trail,
+            record, resumed = await load(job_store, changes=changes, audit_entries=trail,
                                          audit_entry={"action": "resume"})
-            assert resumed and record.overrides == changes and record.num_changes == 2
+            assert resumed and record.changes == changes and record.num_changes == 2
             assert await job_store.audit("job-a") == [*trail, {"action": "resume"}]
             # Loading another checkpoint into the same store: the trail is not doubled.
-            again, _ = await load(job_store, state_hash="state-400", overrides=[],
+            again, _ = await load(job_store, state_hash="state-400", changes=[],
                                   audit_entries=trail, audit_entry={"action": "resume"})
-            assert again.overrides == [] and again.num_changes == 0
+            assert again.changes == [] and again.num_changes == 0
             assert [e["action"] for e in await job_store.audit("job-a")] == [
                 "set", "decay", "resume", "resume"]
 
@@ -880,7 +880,7 @@ class TestRedisJobStore:
             await store.report(job_id, generation=1, rank=1, iteration=2,
                                decision=(0, None))  # fmt: skip
             await store.reschedule(job_id, generation=1, expected_changes=0,
-                                   override={"from_iteration": 2}, audit_entry={})
+                                   change={"from_iteration": 2}, audit_entry={})
             await store.close()
 
         store_loop.run(scenario())

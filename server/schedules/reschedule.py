@@ -1,7 +1,8 @@
 """Live changes to a job's schedule: one mechanism, reschedule from iteration s.
 
-A change (an ``Override``) takes effect at iteration ``s`` (``from_iteration``) for some
-params of some param groups, in one of three modes:
+A change (``Change``: parsed and validated once, frozen; its stored form is a plain
+dict, the same word in the proto, the store and checkpoints) takes effect at iteration
+``s`` (``from_iteration``) for some params of some param groups, in one of three modes:
 
 * ``replace``: a new list of MMEngine scheduler configs replaces the remaining schedule.
   Its ``begin``/``end`` count from s (iteration 0 of the change is s; epochs are
@@ -40,7 +41,7 @@ def _fail(reason: str, field: str) -> ConfigError:
 
 
 @dataclass(frozen=True)
-class Override:
+class Change:
     """One validated change, with the timeline of its configs (``replace``/``multiply``)."""
 
     start: int
@@ -54,7 +55,7 @@ class Override:
 
 
 class Layer(ABC):
-    """Values of a job up to and including some overrides (the base layer has none)."""
+    """Values of a job up to and including some changes (the base layer has none)."""
 
     max_iters: int
     params: tuple[str, ...]
@@ -80,21 +81,21 @@ class BaseLayer(Layer):
         return self.timeline.values_range(start, stop, decisions, partial=True)
 
 
-class OverrideLayer(Layer):
-    def __init__(self, below: Layer, override: Override,
+class ChangeLayer(Layer):
+    def __init__(self, below: Layer, change: Change,
                  constants: list[dict[str, float]]) -> None:
         self.below = below
-        self.override = override
+        self.change = change
         self.constants = constants
-        self.max_iters = override.max_iters
-        self.params = tuple(dict.fromkeys(below.params + override.params))
+        self.max_iters = change.max_iters
+        self.params = tuple(dict.fromkeys(below.params + change.params))
         self.num_groups = below.num_groups
 
     def values_range(self, start: int, stop: int, decisions: Decisions) -> list[GroupValues]:
         stop = min(stop, self.max_iters + 1)
         if start >= stop:
             return []
-        o = self.override
+        o = self.change
         s = o.start
         under = (self._stretched(start, stop, decisions) if o.mode == "stretch"
                  else self._below(start, stop, decisions))
@@ -106,7 +107,7 @@ class OverrideLayer(Layer):
     def _apply(self, under: list[GroupValues], start: int, count: int,
                decisions: Decisions) -> list[GroupValues]:
         """Rows ``max(start, s) .. start+count-1`` with this change applied."""
-        o = self.override
+        o = self.change
         first = max(start, o.start)
         stop = start + count
         if first >= stop:
@@ -133,7 +134,7 @@ class OverrideLayer(Layer):
         out = []
         for g, values in enumerate(row):
             merged = dict(values)
-            for p in self.override.params:
+            for p in self.change.params:
                 merged.setdefault(p, self.constants[g][p])
             out.append(merged)
         return out
@@ -155,7 +156,7 @@ class OverrideLayer(Layer):
 
     def _stretched(self, start: int, stop: int, decisions: Decisions) -> list[GroupValues]:
         """The layer below resampled onto this layer's length from s on."""
-        s = self.override.start
+        s = self.change.start
         old_rest = self.below.max_iters - s
         new_rest = self.max_iters - s
         out: list[GroupValues] = []
@@ -173,13 +174,13 @@ class OverrideLayer(Layer):
 
 
 class Schedule:
-    """A job's values: its base timeline plus every override, in order."""
+    """A job's values: its base timeline plus every change, in order."""
 
     def __init__(self, spec: JobSpec) -> None:
         self.spec = spec
         self.base = Timeline(spec)
         self.top: Layer = BaseLayer(self.base)
-        self.overrides: list[Override] = []
+        self.changes: list[Change] = []
 
     @classmethod
     def from_changes(cls, spec: JobSpec, changes: Sequence[Mapping[str, Any]],
@@ -189,7 +190,7 @@ class Schedule:
         loading and listings use, so they agree on a job's length and params."""
         schedule = cls(spec)
         for i, data in enumerate(changes):
-            schedule.add(build_override(schedule, data, decisions=decisions,
+            schedule.add(build_change(schedule, data, decisions=decisions,
                                         where=f"{where}[{i}]"))
         return schedule
 
@@ -201,9 +202,9 @@ class Schedule:
     def params(self) -> tuple[str, ...]:
         return self.top.params
 
-    def add(self, override: Override) -> None:
-        self.overrides.append(override)
-        self.top = OverrideLayer(self.top, override, _available_params(self.spec))
+    def add(self, change: Change) -> None:
+        self.changes.append(change)
+        self.top = ChangeLayer(self.top, change, _available_params(self.spec))
 
     def values_range(self, start: int, stop: int, decisions: Decisions) -> list[GroupValues]:
         """Values for [start, stop) clipped to the job's end; shorter at a pending decision."""
@@ -225,18 +226,18 @@ class Schedule:
     # -- keyframes: the replay states of every timeline, for another server to continue
     def timelines(self) -> list[Timeline | None]:
         """The base timeline, then each change's (None for a stretch, which has none)."""
-        return [self.base] + [o.timeline for o in self.overrides]
+        return [self.base] + [o.timeline for o in self.changes]
 
     def positions(self, t: int) -> dict[int, int]:
         """Which iteration of which timeline (index into ``timelines()``) the values at
         ``t`` are read from: each change reads its own timeline from its start, a
         stretch resamples the layers below, and a layer past its end holds its last
-        values (see ``OverrideLayer``)."""
+        values (see ``ChangeLayer``)."""
         out: dict[int, int] = {}
         x = min(t, self.max_iters)
-        for k in range(len(self.overrides) - 1, -1, -1):
-            o = self.overrides[k]
-            below_max = self.overrides[k - 1].max_iters if k else self.spec.max_iters
+        for k in range(len(self.changes) - 1, -1, -1):
+            o = self.changes[k]
+            below_max = self.changes[k - 1].max_iters if k else self.spec.max_iters
             x = min(x, o.max_iters)
             if x >= o.start:
                 if o.timeline is not None:
@@ -315,9 +316,9 @@ def resolved(schedule: Schedule, data: Mapping[str, Any], decisions: Decisions) 
     return out
 
 
-def build_override(
+def build_change(
     schedule: Schedule, data: Mapping[str, Any], *, decisions: Decisions, where: str = "change"
-) -> Override:
+) -> Change:
     """Validate a change against a job's current schedule (raises ConfigError)."""
     spec = schedule.spec
     known = ("from_iteration", "mode", "param_scheduler", "params", "groups", "start_values",
@@ -329,9 +330,9 @@ def build_override(
     if isinstance(s, bool) or not isinstance(s, int) or not 0 <= s <= schedule.max_iters:
         raise _fail(f"must be an iteration in [0, {schedule.max_iters}], got {s!r}",
                     f"{where}.from_iteration")
-    if schedule.overrides and s < schedule.overrides[-1].start:
+    if schedule.changes and s < schedule.changes[-1].start:
         raise _fail(f"must not be before the previous change's iteration "
-                    f"{schedule.overrides[-1].start}", f"{where}.from_iteration")
+                    f"{schedule.changes[-1].start}", f"{where}.from_iteration")
     mode = data.get("mode", "replace")
     if mode not in MODES:
         raise _fail(f"must be one of {', '.join(MODES)}, got {mode!r}", f"{where}.mode")
@@ -356,7 +357,7 @@ def build_override(
         if configs or start_values:
             raise _fail("a stretch takes no configs or start values", f"{where}.mode")
         params = _params(data.get("params"), schedule.params, schedule.params, where)
-        return Override(s, mode, params, groups, new_max, dict(data), None)
+        return Change(s, mode, params, groups, new_max, dict(data), None)
     if max_iters is not None and max_iters > schedule.max_iters and mode != "replace":
         raise _fail("extending a job needs mode 'replace' or 'stretch'", f"{where}.mode")
     available = _available_params(spec)
@@ -411,7 +412,7 @@ def build_override(
                and mode == "multiply"]
     if missing:
         raise _fail(f"{missing} have no factor configs or start values", f"{where}.params")
-    return Override(s, mode, params, groups, new_max, dict(data), Timeline(sub), tuple(initial))
+    return Change(s, mode, params, groups, new_max, dict(data), Timeline(sub), tuple(initial))
 
 
 def _available_params(spec: JobSpec) -> list[dict[str, float]]:

@@ -43,7 +43,7 @@ from ..schedules import (
     MetricsError,
     Timeline,
 )
-from ..schedules.reschedule import Schedule, build_override, resolved
+from ..schedules.reschedule import Schedule, build_change, resolved
 from ..store import (
     ChangeConflict,
     IncarnationMismatch,
@@ -219,9 +219,9 @@ class SchedulerService:
         ):
             self._jobs.touch(record.job_id)
             return entry
-        if record.overrides is None:  # a reply that left out changes we should hold
+        if record.changes is None:  # a reply that left out changes we should hold
             raise AssertionError("record without its changes for an uncached schedule")
-        overrides = list(record.overrides)
+        changes = list(record.changes)
         cached = self._specs.get(record.spec_hash)
         big = cached is None or cached.num_groups * max(1, len(cached.schedulers)) > 256
 
@@ -229,7 +229,7 @@ class SchedulerService:
             spec = cached or parse_spec(record.spec or {}, prefix="stored spec")
             return LoadedJob(record.incarnation, record.spec_hash, record.generation,
                              record.num_changes, spec,
-                             self._schedule(spec, overrides, record), overrides)
+                             self._schedule(spec, changes, record), changes)
 
         if cached is None:
             assert record.spec is not None
@@ -303,8 +303,8 @@ class SchedulerService:
         task.add_done_callback(self._background.discard)
 
     @staticmethod
-    def _schedule(spec: JobSpec, overrides: list[dict[str, Any]], record: JobRecord) -> Schedule:
-        return Schedule.from_changes(spec, overrides, record.decisions, where="stored changes")
+    def _schedule(spec: JobSpec, changes: list[dict[str, Any]], record: JobRecord) -> Schedule:
+        return Schedule.from_changes(spec, changes, record.decisions, where="stored changes")
 
     def _forget(self, job_id: str) -> None:
         self._jobs.pop(job_id)
@@ -370,7 +370,7 @@ class SchedulerService:
             except DecisionsChanged:
                 # Decisions disagree with what this cached schedule saw (the job was
                 # deleted and recreated meanwhile): start over from the stored record.
-                entry.schedule = self._schedule(entry.spec, entry.overrides, record)
+                entry.schedule = self._schedule(entry.spec, entry.changes, record)
                 return entry.schedule.values_range(start, stop, record.decisions)
         except ConfigError as exc:  # the schedule's arithmetic fails at some iteration
             raise config_error(exc, "spec") from None
@@ -497,7 +497,7 @@ class SchedulerService:
             record, restarted = await self.store.load_state(
                 record.job_id, spec=record.spec, spec_hash=record.spec_hash, decisions={},
                 progress={rank: 0}, min_generation=1, state_hash=f"start-over:{run_id}",
-                world_size=world_size, created_at=time.time(), overrides=[],
+                world_size=world_size, created_at=time.time(), changes=[],
                 audit_entry=entry, issue_until=issue, run_id=run_id,
                 incarnation=new_incarnation())
         if restarted:
@@ -545,7 +545,7 @@ class SchedulerService:
                 record.incarnation, record.generation, record.num_changes):
             return JobView(record, spec, entry.schedule.max_iters, entry.schedule.params)
         try:
-            schedule = Schedule.from_changes(spec, record.overrides or [], record.decisions,
+            schedule = Schedule.from_changes(spec, record.changes or [], record.decisions,
                                              where="stored changes")
         except ConfigError as exc:
             raise config_error(exc, "spec") from None
@@ -689,7 +689,7 @@ class SchedulerService:
                 raise FailedPrecondition(str(exc)) from None
             except RankOutOfRange as exc:
                 raise InvalidArgument(str(exc), field="rank") from None
-        if record.overrides is not None or (
+        if record.changes is not None or (
                 record.spec is not None and record.spec_hash != entry.spec_hash):
             # A change came in meanwhile.
             if record.spec is None:
@@ -843,7 +843,7 @@ class SchedulerService:
             # changes only the forger's reply, never the job's plans.
             own: Schedule | None = None
             if carried is not None and not held and replay > request.stride:
-                own = self._schedule(entry.spec, entry.overrides, record)
+                own = self._schedule(entry.spec, entry.changes, record)
                 pages.seed_carried(own, carried, request, first)
                 replay = own.replay_distance(first)
             reached = [first]  # the furthest iteration computed: its state is kept
@@ -975,7 +975,7 @@ class SchedulerService:
             "iteration": iteration,
             "spec": record.spec,
             "decisions": decisions,
-            "changes": entry.overrides,
+            "changes": entry.changes,
             "audit": audit,
             "run_id": record.run_id,
             "saved_at": time.time(),
@@ -1049,7 +1049,7 @@ class SchedulerService:
                 job_id, spec=canonical, spec_hash=content_hash(canonical),
                 decisions=state.decisions, progress={}, min_generation=state.generation + 1,
                 state_hash=f"{state.digest}:{run_id}", world_size=world_size,
-                created_at=time.time(), overrides=state.changes,
+                created_at=time.time(), changes=state.changes,
                 audit_entries=state.audit if restore_audit else [],
                 audit_entry=entry_data,
                 issue_until=min(state.iteration + size, schedule.max_iters + 1,
@@ -1175,7 +1175,7 @@ class SchedulerService:
                                             empty, empty, True, done,
                                             done.get("before") or [], done.get("after") or [])
             data = dict(change)
-            earliest = max([record.issued_until] + [o.start for o in entry.schedule.overrides])
+            earliest = max([record.issued_until] + [o.start for o in entry.schedule.changes])
             if data.get("from_iteration") is None:
                 data["from_iteration"] = earliest
             start = data["from_iteration"]
@@ -1191,23 +1191,23 @@ class SchedulerService:
                       data: dict[str, Any] = data) -> tuple[Any, dict[str, Any], RescheduleResult]:
                 with entry.lock:
                     try:
-                        override = build_override(entry.schedule, data,
+                        new_change = build_change(entry.schedule, data,
                                                   decisions=record.decisions, where="change")
                     except ConfigError as exc:
                         raise config_error(exc, "") from None
-                    if override.mode == "replace":
+                    if new_change.mode == "replace":
                         data = resolved(entry.schedule, data, record.decisions)
                     after = Schedule(entry.spec)
-                    for old in entry.schedule.overrides:
+                    for old in entry.schedule.changes:
                         after.add(old)
-                    after.add(override)
-                    result = compare(entry, after, override, record, preview)
-                    check_guardrails(entry.spec, after, override, result, force,
+                    after.add(new_change)
+                    result = compare(entry, after, new_change, record, preview)
+                    check_guardrails(entry.spec, after, new_change, result, force,
                                      record.decisions)
-                    return override, data, result
+                    return new_change, data, result
 
-            override, data, result = await self.offload(build)
-            audit = self._audit_entry(action or "reschedule", override.start, record.generation,
+            new_change, data, result = await self.offload(build)
+            audit = self._audit_entry(action or "reschedule", new_change.start, record.generation,
                                       details=data, reason=reason,
                                       before=result.before_at, after=result.after_at)
             if request_id:
@@ -1218,7 +1218,7 @@ class SchedulerService:
                 with store_errors():
                     record = await self.store.reschedule(
                         job_id, generation=record.generation,
-                        expected_changes=record.num_changes, override=data, audit_entry=audit)
+                        expected_changes=record.num_changes, change=data, audit_entry=audit)
             except (ChangeConflict, StaleGeneration):
                 continue  # another change or a resume landed meanwhile: compute it again
             except TooEarly as exc:
@@ -1228,7 +1228,7 @@ class SchedulerService:
             except JobNotFound:
                 raise NotFound(f"job {job_id!r} does not exist") from None
             entry = await self._load(record)
-            log.info("job rescheduled (%s) from iteration %d", action, override.start,
+            log.info("job rescheduled (%s) from iteration %d", action, new_change.start,
                      extra=self._event("rescheduled", job_id, None, record.generation))
             return RescheduleResult(JobView.of(record, entry), result.from_iteration,
                                     result.before, result.after, True, audit,

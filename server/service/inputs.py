@@ -157,11 +157,11 @@ def parse_json(text: str, field: str) -> Any:
         raise InvalidArgument(f"is not valid JSON: {reason}", field=field) from None
 
 
-def checked_changes(spec: JobSpec, overrides: Any,
+def checked_changes(spec: JobSpec, changes: Any,
                      decisions: dict[int, dict[str, float] | None]) -> Schedule:
-    if not isinstance(overrides, list) or not all(isinstance(o, dict) for o in overrides):
+    if not isinstance(changes, list) or not all(isinstance(o, dict) for o in changes):
         raise InvalidArgument("must be a list of changes", field="state.changes")
     try:
-        return Schedule.from_changes(spec, overrides, decisions)
+        return Schedule.from_changes(spec, changes, decisions)
     except ConfigError as exc:
         raise config_error(exc, "state") from None

@@ -109,7 +109,7 @@ class LoadedJob:
     num_changes: int
     spec: JobSpec
     schedule: Schedule
-    overrides: list[dict[str, Any]]
+    changes: list[dict[str, Any]]
     # Held while the schedule's caches are read or extended (inline or in a thread).
     lock: threading.Lock = field(default_factory=threading.Lock)
     # The stored keyframe was read (``warmed``; under ``warming``, once per entry), and

@@ -20,7 +20,7 @@ each, real Redis included):
   (``run_id``): a new run gets a new generation (``join``, ``load_state``).
 * Progress per rank only moves forward (max of stored and reported); a decision for an
   epoch is written once (first writer wins); ``issued_until`` only grows.
-* A job's changes (``overrides``) are append-only within a generation; ``reschedule``
+* A job's changes are append-only within a generation; ``reschedule``
   appends one only if no plan was handed out for its first iteration
   (``issued_until <= from_iteration``) and no other change came in meanwhile.
 * A job keeps at most one keyframe (``save_keyframe``), which only moves forward within
@@ -130,7 +130,7 @@ class JobRecord:
 
     ``spec`` is the canonical spec dict (``JobSpec.to_dict()``); it may be ``None`` in a
     ``report`` reply when the caller said it already holds the spec with ``spec_hash``.
-    ``overrides`` are the job's changes, in order (``reschedule``); ``None`` in a
+    ``changes`` are the job's changes, in order (``reschedule``); ``None`` in a
     ``report`` reply when the caller said it already holds all ``num_changes`` of them.
     """
 
@@ -145,7 +145,7 @@ class JobRecord:
     progress: dict[int, int] = field(default_factory=dict)  # rank -> iterations done
     decisions: dict[int, Metrics | None] = field(default_factory=dict)  # epoch -> metrics
     resumed_from: str = ""  # what started this generation: "<state hash>:<run id>"
-    overrides: list[dict[str, Any]] | None = field(default_factory=list)
+    changes: list[dict[str, Any]] | None = field(default_factory=list)
     num_changes: int = 0
     incarnation: str = ""  # fixed at creation ("" for jobs stored before incarnations)
     run_id: str = ""  # the run this generation belongs to
@@ -162,8 +162,8 @@ class JobRecord:
         return replace(
             self,
             spec=json.loads(canonical_json(self.spec)) if self.spec is not None else None,
-            overrides=(json.loads(canonical_json(self.overrides))
-                       if self.overrides is not None else None),
+            changes=(json.loads(canonical_json(self.changes))
+                       if self.changes is not None else None),
             progress=dict(self.progress),
             decisions={k: (dict(v) if v is not None else None) for k, v in self.decisions.items()},
         )
@@ -214,14 +214,14 @@ class JobStore(Protocol):
         *,
         generation: int,
         expected_changes: int,
-        override: dict[str, Any],
+        change: dict[str, Any],
         audit_entry: dict[str, Any],
     ) -> JobRecord:
         """Append a change (and its audit entry), atomically.
 
         Raises JobNotFound; StaleGeneration; ChangeConflict when the job's number of
         changes is not ``expected_changes``; TooEarly when ``issued_until`` is past
-        ``override["from_iteration"]``. Bumps ``version``; returns the full record.
+        ``change["from_iteration"]``. Bumps ``version``; returns the full record.
         """
         ...
 
@@ -257,7 +257,7 @@ class JobStore(Protocol):
         metrics or None) unless that epoch already has one; raises ``issued_until`` to
         ``issue_until``; bumps ``version``. Returns the record after the change, with
         ``spec=None`` when ``known_spec_hash`` equals the stored ``spec_hash`` and
-        ``overrides=None`` when ``known_changes`` equals the stored ``num_changes``.
+        ``changes=None`` when ``known_changes`` equals the stored ``num_changes``.
         ``keyframe`` is kept as ``save_keyframe`` would, in the same write.
         ``finished_at`` (> 0) is stored unless the job has one already; ``join`` of a
         new run, ``load_state`` and ``reschedule`` clear it.
@@ -302,7 +302,7 @@ class JobStore(Protocol):
         state_hash: str,
         world_size: int,
         created_at: float,
-        overrides: JsonObjects | None = None,
+        changes: JsonObjects | None = None,
         audit_entries: JsonObjects | None = None,
         audit_entry: dict[str, Any] | None = None,
         issue_until: int = 0,
@@ -318,7 +318,7 @@ class JobStore(Protocol):
         ``max(max(progress), issue_until)`` (the plan the caller hands out),
         ``resumed_from = state_hash``, and the generation
         becomes ``max(stored + 1, min_generation)`` (``min_generation`` for a new job);
-        the changes become ``overrides``; when the job id has no audit trail yet (a fresh
+        the changes become ``changes``; when the job id has no audit trail yet (a fresh
         store) it gets the checkpoint's ``audit_entries``; then ``audit_entry`` is
         appended; returns (record, True).
         """

@@ -356,9 +356,9 @@ class EmbeddedJobStore:
         (num_changes,) = conn.execute(
             "SELECT count(*) FROM changes WHERE job_id = ?", (job_id,)
         ).fetchone()
-        overrides = None
+        changes = None
         if num_changes != known_changes:
-            overrides = [json.loads(data) for (data,) in conn.execute(
+            changes = [json.loads(data) for (data,) in conn.execute(
                 "SELECT data FROM changes WHERE job_id = ? ORDER BY seq", (job_id,))]
         return JobRecord(
             job_id=job_id,
@@ -372,7 +372,7 @@ class EmbeddedJobStore:
             progress={int(rank): int(iterations) for rank, iterations in progress},
             decisions={int(epoch): json.loads(metrics) for epoch, metrics in decisions},
             resumed_from=resumed,
-            overrides=overrides,
+            changes=changes,
             num_changes=int(num_changes),
             incarnation=incarnation,
             run_id=run_id,
@@ -623,7 +623,7 @@ class EmbeddedJobStore:
         state_hash: str,
         world_size: int,
         created_at: float,
-        overrides: JsonObjects | None = None,
+        changes: JsonObjects | None = None,
         audit_entries: JsonObjects | None = None,
         audit_entry: dict[str, Any] | None = None,
         issue_until: int = 0,
@@ -638,7 +638,7 @@ class EmbeddedJobStore:
         """
         spec_json = canonical_json(spec)
         issued_until = max(max(progress.values(), default=0), issue_until)
-        changes = [canonical_json(o) for o in overrides or []]
+        change_rows = [canonical_json(o) for o in changes or []]
         restored = [canonical_json(e) for e in audit_entries or []]
         entry = canonical_json(audit_entry) if audit_entry is not None else None
 
@@ -688,7 +688,7 @@ class EmbeddedJobStore:
             self._write_children(conn, job_id, progress, decisions)
             conn.execute("DELETE FROM changes WHERE job_id = ?", (job_id,))
             conn.executemany("INSERT INTO changes (job_id, seq, data) VALUES (?, ?, ?)",
-                             [(job_id, i, data) for i, data in enumerate(changes)])
+                             [(job_id, i, data) for i, data in enumerate(change_rows)])
             (trail,) = conn.execute("SELECT count(*) FROM audit WHERE job_id = ?",
                                     (job_id,)).fetchone()
             self._append_audit(conn, job_id, ([] if trail else restored)
@@ -710,12 +710,12 @@ class EmbeddedJobStore:
         *,
         generation: int,
         expected_changes: int,
-        override: dict[str, Any],
+        change: dict[str, Any],
         audit_entry: dict[str, Any],
     ) -> JobRecord:
         """Append a change and its audit entry atomically; see ``JobStore.reschedule``."""
-        data, entry = canonical_json(override), canonical_json(audit_entry)
-        start = int(override["from_iteration"])
+        data, entry = canonical_json(change), canonical_json(audit_entry)
+        start = int(change["from_iteration"])
 
         def op(conn: sqlite3.Connection) -> JobRecord:
             row = conn.execute("SELECT generation, issued_until FROM jobs WHERE job_id = ?",

@@ -256,7 +256,7 @@ def _record(job_id: str, reply: Sequence[Any]) -> JobRecord:
         progress={int(k): int(v) for k, v in _flat_to_dict(progress).items()},
         decisions={int(k): json.loads(v) for k, v in _flat_to_dict(decisions).items()},
         resumed_from=resumed,
-        overrides=[json.loads(c) for c in changes] if changes is not None else None,
+        changes=[json.loads(c) for c in changes] if changes is not None else None,
         num_changes=int(num_changes),
         incarnation=incarnation or "",
         run_id=run_id or "",
@@ -608,7 +608,7 @@ class RedisJobStore:
         state_hash: str,
         world_size: int,
         created_at: float,
-        overrides: JsonObjects | None = None,
+        changes: JsonObjects | None = None,
         audit_entries: JsonObjects | None = None,
         audit_entry: dict[str, Any] | None = None,
         issue_until: int = 0,
@@ -632,8 +632,8 @@ class RedisJobStore:
             canonical_json(audit_entry) if audit_entry is not None else "",
             run_id,
             incarnation,
-            str(len(overrides or [])),
-            *(canonical_json(o) for o in overrides or []),
+            str(len(changes or [])),
+            *(canonical_json(o) for o in changes or []),
             str(len(audit_entries or [])),
             *(canonical_json(e) for e in audit_entries or []),
             *_children_args(progress, decisions),
@@ -650,13 +650,13 @@ class RedisJobStore:
         *,
         generation: int,
         expected_changes: int,
-        override: dict[str, Any],
+        change: dict[str, Any],
         audit_entry: dict[str, Any],
     ) -> JobRecord:
         """Append a change and its audit entry in one script; see ``JobStore.reschedule``."""
-        start = int(override["from_iteration"])
+        start = int(change["from_iteration"])
         args = [str(int(generation)), str(int(expected_changes)), str(start),
-                canonical_json(override), canonical_json(audit_entry)]
+                canonical_json(change), canonical_json(audit_entry)]
         async with self._backend("reschedule"):
             reply = await self._write(self._reschedule_script, self.job_keys(job_id), args,
                                       "reschedule")

@@ -358,7 +358,7 @@ class WebServer:
         start = change.change.get("from_iteration")
         if start is None:
             start = max([view.record.issued_until] + [
-                int(c.get("from_iteration") or 0) for c in view.record.overrides or []])
+                int(c.get("from_iteration") or 0) for c in view.record.changes or []])
         end = max(view.max_iters, change.change.get("max_iters") or 0) + 1
         preview = max(1, min(MAX_PREVIEW_ITERATIONS, end - start))
         result = await self.service.reschedule(

@@ -88,7 +88,7 @@ def curves(plans: Sequence[Plan], params: Sequence[str], num_groups: int) -> dic
 
 
 def last_change(view: JobView) -> dict[str, Any] | None:
-    changes = view.record.overrides or []
+    changes = view.record.changes or []
     if not changes:
         return None
     change = changes[-1]
@@ -154,7 +154,7 @@ def detail(view: JobView, now: Plan | None, fenced: dict[str, Any] | None) -> di
     """The job page's header: the summary, the spec and the changes in force."""
     data = summary(view, now, fenced)
     data["spec"] = finite(view.spec.to_dict())
-    data["changes"] = finite(list(view.record.overrides or []))
+    data["changes"] = finite(list(view.record.changes or []))
     return data
 
 
