@@ -15,13 +15,15 @@ still run. Sections:
 2. Cold refills: a server that never saw a job (restart, replica, ``LoadState`` into
    an empty store, cache eviction) vs a warm one, at t = 10^3..10^7 and over 10..10,000
    jobs (``bench_cold_refill.py``).
-3. Report RPC: throughput and p50/p99 vs a bare grpc.aio echo server, embedded and
+3. Isolation: one job's report latency while far-ahead reports, huge previews and wide
+   attaches hit the same server (``bench_isolation.py``).
+4. Report RPC: throughput and p50/p99 vs a bare grpc.aio echo server, embedded and
    Redis stores (``bench_report_rpc.py``).
-4. Training-loop overhead: an attached optimizer vs MMEngine's and torch's local
+5. Training-loop overhead: an attached optimizer vs MMEngine's and torch's local
    schedulers (``bench_client_overhead.py``, when present).
-5. Scale: 1-256 simulated ranks over 1-16 jobs on two servers + Redis
+6. Scale: 1-256 simulated ranks over 1-16 jobs on two servers + Redis
    (``bench_scale.py``).
-6. Memory: server RSS and Redis memory per 1,000 jobs (``bench_memory.py``).
+7. Memory: server RSS and Redis memory per 1,000 jobs (``bench_memory.py``).
 """
 
 from __future__ import annotations
@@ -91,6 +93,9 @@ def sections() -> list[Section]:
                 ["--max-exp", "7"], ["--max-exp", "4", "--jobs", "10,100,300"], 1200,
                 note="Goal: cold <= 2x warm at every t; round robin over N jobs <= 2x the "
                      "10-job figure; LoadState at 10^7 costs what it costs at 10^3."),
+        Section("Isolation: a job's reports while hostile requests arrive",
+                "bench_isolation.py", ["--seconds", "5"], ["--seconds", "2"], 300,
+                note="Goal: the victim's report p50 under attack <= 2x alone."),
         Section("Report RPC vs a bare grpc.aio echo server", "bench_report_rpc.py",
                 ["--seconds", "5"], ["--seconds", "1"], 600,
                 note="Target: paramsched throughput >= 0.6 of the echo server's."),

@@ -2,11 +2,25 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 
 class ServiceError(Exception):
     """Base class; ``code`` names the gRPC status the front end uses."""
 
     code = "internal"
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Keyword-only fields (``field``, ``budget``) survive pickling, so an error
+        # raised in a worker process (previews) reaches the caller as raised.
+        return (_rebuilt, (type(self), str(self), dict(self.__dict__)))
+
+
+def _rebuilt(cls: type[ServiceError], message: str, state: dict[str, Any]) -> ServiceError:
+    error = cls.__new__(cls)
+    Exception.__init__(error, message)
+    error.__dict__.update(state)
+    return error
 
 
 class InvalidArgument(ServiceError):

@@ -16,6 +16,7 @@ import tempfile
 import time
 from pathlib import Path
 from types import TracebackType
+from typing import Any
 
 import redis
 
@@ -36,12 +37,14 @@ def _node(port: int) -> redis.Redis:
 
 
 class RedisCluster:
-    """``masters`` redis-server processes joined into one cluster (no replicas)."""
+    """``masters`` redis-server processes joined into one cluster, each with
+    ``replicas`` replicas (default none)."""
 
     def __init__(
         self,
         *,
         masters: int = 3,
+        replicas: int = 0,
         data_dir: str | Path | None = None,
         start_timeout: float = 30.0,
     ) -> None:
@@ -53,7 +56,8 @@ class RedisCluster:
         self.data_dir = Path(data_dir or tempfile.mkdtemp(prefix="paramsched-cluster-"))
         self.nodes: list[RedisServer] = []
         try:
-            for i in range(masters):
+            self.replicas = replicas
+            for i in range(masters * (1 + replicas)):
                 node_dir = self.data_dir / f"node-{i}"
                 node_dir.mkdir(parents=True, exist_ok=True)
                 self.nodes.append(RedisServer(data_dir=node_dir, extra_args=[
@@ -66,7 +70,7 @@ class RedisCluster:
                 ]))  # fmt: skip
             created = subprocess.run(
                 [cli, "--cluster", "create", *(f"127.0.0.1:{n.port}" for n in self.nodes),
-                 "--cluster-replicas", "0", "--cluster-yes"],
+                 "--cluster-replicas", str(replicas), "--cluster-yes"],
                 capture_output=True, text=True, timeout=start_timeout,
             )  # fmt: skip
             if created.returncode != 0:
@@ -104,11 +108,27 @@ class RedisCluster:
                 and i.get("cluster_slots_ok") == "16384"
                 and i.get("cluster_known_nodes") == str(len(self.nodes))
                 for i in infos
-            ):
+            ) and all(len(self.replicas_of(port)) == self.replicas
+                      for port in self.master_ports()):
                 return
             if time.monotonic() > deadline:
                 raise RuntimeError(f"Redis Cluster not ok after {timeout}s: {infos}")
             time.sleep(0.05)
+
+    def replication(self, port: int) -> dict[str, Any]:
+        """``INFO replication`` of one node."""
+        with _node(port) as client:
+            return dict(client.info("replication"))
+
+    def master_ports(self) -> list[int]:
+        return [p for p in self.ports if self.replication(p).get("role") == "master"]
+
+    def replicas_of(self, port: int) -> list[RedisServer]:
+        """The replicas of the master on ``port`` that are connected and in sync."""
+        info = self.replication(port)
+        ports = {int(v["port"]) for k, v in info.items()
+                 if k.startswith("slave") and isinstance(v, dict) and v.get("state") == "online"}
+        return [n for n in self.nodes if n.port in ports]
 
     def keys_by_master(self, pattern: str = "*") -> dict[int, list[str]]:
         """Each master's port -> the keys it holds that match ``pattern``, sorted."""

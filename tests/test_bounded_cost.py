@@ -169,3 +169,39 @@ def test_job_scoped_tokens_get_the_default_quota() -> None:
         {"name": "y", "token": "y" * 32, "role": "admin"}]}, "tokens.json")
     assert registry.authenticate("x" * 32).max_jobs == DEFAULT_MAX_JOBS  # type: ignore[union-attr]
     assert registry.authenticate("y" * 32).max_jobs is None  # type: ignore[union-attr]
+
+
+def test_service_errors_cross_processes_with_their_fields() -> None:
+    """Previews run in worker processes: their errors come back as raised."""
+    import pickle
+
+    from paramsched.server.errors import InvalidArgument, ResourceExhausted
+
+    error = pickle.loads(pickle.dumps(InvalidArgument("must be >= 1", field="spec.max_iters")))
+    assert isinstance(error, InvalidArgument)
+    assert (str(error), error.field, error.reason) == (
+        "invalid spec.max_iters: must be >= 1", "spec.max_iters", "must be >= 1")
+    budget = pickle.loads(pickle.dumps(ResourceExhausted("too big", budget="max_values_cells")))
+    assert budget.budget == "max_values_cells" and str(budget) == "too big"
+
+
+def test_a_preview_in_a_worker_process_equals_the_engine_and_names_bad_fields(
+        tmp_path: Path) -> None:
+    from paramsched.server.schedules import Timeline, build_job_spec
+
+    cfg = [dict(type="LinearLR", start_factor=0.1, by_epoch=False, end=50),
+           dict(type="CosineAnnealingLR", by_epoch=False, begin=50)]
+    with serving(data_dir=tmp_path) as (server, stub):
+        assert server.parts.service.preview_processes  # type: ignore[union-attr]
+        plan = stub.PreviewSchedule(pb.PreviewScheduleRequest(spec=spec_proto(
+            cfg, [{"lr": 0.1}], max_epochs=None, max_iters=1000),
+            start_iteration=900, stop_iteration=1000)).plan
+        engine = Timeline(build_job_spec(cfg, [{"lr": 0.1}], max_iters=1000)).values_range(
+            900, 1000)
+        assert list(plan.values) == [row[0]["lr"] for row in engine]
+        with pytest.raises(grpc.RpcError) as info:
+            stub.PreviewSchedule(pb.PreviewScheduleRequest(spec=spec_proto(
+                [dict(type="StepLR", step_size=0, by_epoch=False)], [{"lr": 0.1}],
+                max_epochs=None, max_iters=1000)))
+        assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "step_size" in info.value.details()

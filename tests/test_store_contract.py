@@ -658,6 +658,51 @@ class TestJobStoreContract:
 
         store_loop.run(scenario())
 
+    def test_reschedule_refuses_iterations_inside_a_horizon_a_rank_holds(
+        self, job_store: JobStore, store_loop: asyncio.Runner
+    ) -> None:
+        """A rank's reported ``held_until`` blocks changes even where ``issued_until``
+        is lower (a store that lost the plan's record), and only grows."""
+        async def scenario() -> None:
+            await job_store.create(make_record())
+            record = await job_store.report("job-a", generation=1, rank=0, iteration=4,
+                                            issue_until=8, held_until=30)
+            assert (record.issued_until, record.held_until) == (8, 30)
+            record = await job_store.report("job-a", generation=1, rank=1, iteration=5,
+                                            held_until=12)
+            assert record.held_until == 30  # the highest claim of any rank stays
+            with pytest.raises(TooEarly) as info:
+                await job_store.reschedule(
+                    "job-a", generation=1, expected_changes=0,
+                    change={"from_iteration": 29}, audit_entry={"action": "x"})
+            assert info.value.issued_until == 30
+            assert await job_store.audit("job-a") == []
+            await job_store.reschedule("job-a", generation=1, expected_changes=0,
+                                       change={"from_iteration": 30}, audit_entry={})
+
+        store_loop.run(scenario())
+
+    def test_a_new_generation_starts_with_no_held_horizon(
+        self, job_store: JobStore, store_loop: asyncio.Runner
+    ) -> None:
+        async def scenario() -> None:
+            await job_store.create(make_record(run_id="run-1"))
+            await job_store.report("job-a", generation=1, rank=0, iteration=0,
+                                   held_until=500)
+            # A new run of a job without progress: generation + 1.
+            joined, outcome = await job_store.join("job-a", run_id="run-2", world_size=4,
+                                                   rank=0, issue_until=10)
+            assert outcome == "new_run" and joined.held_until == 0
+            await job_store.report("job-a", generation=joined.generation, rank=0,
+                                   iteration=0, held_until=700)
+            resumed, _ = await load(job_store)
+            assert resumed.generation > joined.generation and resumed.held_until == 0
+            await job_store.reschedule("job-a", generation=resumed.generation,
+                                       expected_changes=0, change={"from_iteration": 300},
+                                       audit_entry={})
+
+        store_loop.run(scenario())
+
     def test_reschedule_checks_generation_and_concurrent_changes(
         self, job_store: JobStore, store_loop: asyncio.Runner
     ) -> None:

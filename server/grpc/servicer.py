@@ -149,6 +149,7 @@ def plan_to_proto(plan: Plan) -> pb.Plan:
         generation=plan.generation,
         max_iters=plan.max_iters,
         incarnation=plan.incarnation,
+        horizon_token=plan.horizon_token,
     )
     if plan.waits_for_epoch is not None:
         message.waits_for_epoch = plan.waits_for_epoch
@@ -250,7 +251,8 @@ class SchedulerServicer(pb_grpc.SchedulerServiceServicer):
         plan = await self.service.report(
             request.job_id, generation=request.generation, rank=request.rank,
             iteration=request.iteration, epoch_end=epoch_end, validation_at=validation_at,
-            metrics=metrics, plan_size=request.plan_size, incarnation=request.incarnation)
+            metrics=metrics, plan_size=request.plan_size, incarnation=request.incarnation,
+            held_until=request.held_until, horizon_token=request.horizon_token)
         return pb.ReportProgressResponse(plan=await converted(plan_to_proto, plan))
 
     @_mapped

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import builtins
+import dataclasses
 import json
 import logging
 import secrets
@@ -61,7 +62,7 @@ from ..store import (
     content_hash,
 )
 from ..store.base import JsonObjects
-from . import pages
+from . import pages, previews
 from .changes import check_guardrails, compare
 from .checkpoints import (
     ACTION_PATTERN,
@@ -80,7 +81,8 @@ from .inputs import (
 )
 from .jobcache import JobCache
 from .pages import DEFAULT_MAX_VALUES_CELLS, Page
-from .signing import StateKeys
+from .previews import PreviewRequest
+from .signing import StateKeys, check_horizon, sign_horizon
 from .views import (
     Attachment,
     JobView,
@@ -126,6 +128,7 @@ class SchedulerService:
         max_plan_cells: int = 2**18,
         compute_workers: int = 2,
         max_compute_waiting: int = 64,
+        preview_processes: bool = True,
         max_values_cells: int = DEFAULT_MAX_VALUES_CELLS,
         limits: Limits | None = None,
         events: ServiceEvents | None = None,
@@ -145,8 +148,9 @@ class SchedulerService:
         # which the job's next report stores in its own write (no extra round trip).
         self.keyframe_every = keyframe_every
         self._background: set[asyncio.Task[None]] = set()
-        # A plan holds at most this many values (iterations x groups x params): a job
-        # with many groups gets shorter plans, so no plan costs more than a bounded replay.
+        # A plan holds at most this many values (iterations x groups x params, or x
+        # schedulers when more): a job with many groups or schedulers gets shorter plans,
+        # so no plan costs more than a bounded replay.
         self.max_plan_cells = max_plan_cells
         # Long computations run in worker threads, a few at a time (first come, first
         # served), so replays never starve the event loop; past ``max_compute_waiting``
@@ -154,6 +158,8 @@ class SchedulerService:
         self.compute_workers = compute_workers
         self.max_compute_waiting = max_compute_waiting
         self._compute: asyncio.Semaphore | None = None
+        # Previews run in worker processes (``previews``); off, in worker threads.
+        self.preview_processes = preview_processes
         self.compute_waiting = 0
         # The cost budget of one GetValues / PreviewSchedule page (see pages.py).
         self.max_values_cells = max_values_cells
@@ -190,8 +196,11 @@ class SchedulerService:
         return await self.offload(lambda: parse_spec(spec_data, limits=self.limits))
 
     def _plan_cells_cap(self, spec: JobSpec, params: int) -> int:
-        """The most iterations a plan of ``spec`` may hold under ``max_plan_cells``."""
-        return max(1, self.max_plan_cells // max(1, spec.num_groups * params))
+        """The most iterations a plan of ``spec`` may hold under ``max_plan_cells``: its
+        values, or its replay work (every scheduler steps every group each iteration)
+        when the job has more schedulers than params."""
+        per_iteration = spec.num_groups * max(params, len(spec.schedulers))
+        return max(1, self.max_plan_cells // max(1, per_iteration))
 
     # -- caches -------------------------------------------------------------------
     def _spec_for(self, record: JobRecord) -> JobSpec:
@@ -359,8 +368,13 @@ class SchedulerService:
         if keyframe is not None:
             entry.pending = keyframe  # stored with the next report of this job
         self._jobs.recount(record.job_id, entry)
-        return plan_of(entry.spec, entry.schedule, start, stop, values, record.generation,
+        plan = plan_of(entry.spec, entry.schedule, start, stop, values, record.generation,
                        record.incarnation)
+        if self.state_keys is None:
+            return plan
+        return dataclasses.replace(plan, horizon_token=sign_horizon(
+            self.state_keys, record.job_id, record.incarnation, record.generation,
+            start + len(values)))
 
     def _values(self, entry: LoadedJob, record: JobRecord, start: int,
                 stop: int) -> list[GroupValues]:
@@ -406,15 +420,15 @@ class SchedulerService:
             spec = await self._parsed(spec_data)
             first = min(size, spec.max_iters + 1, self._plan_cells_cap(spec, len(spec.params)))
 
-            def first_plan() -> None:  # it must compute before anything is stored
-                try:
+            def first_plan() -> tuple[dict[str, Any], str]:
+                try:  # it must compute before anything is stored
                     Timeline(spec).values_range(0, first, {}, partial=True)
                 except ConfigError as exc:
                     raise config_error(exc, "spec") from None
+                canonical = spec.to_dict()
+                return canonical, content_hash(canonical)
 
-            await self.offload(first_plan)
-            canonical = spec.to_dict()
-            spec_hash = content_hash(canonical)
+            canonical, spec_hash = await self.offload(first_plan)
             fresh = JobRecord(job_id, canonical, spec_hash, world_size=world_size,
                               created_at=time.time(), incarnation=new_incarnation(),
                               run_id=run_id)
@@ -623,6 +637,8 @@ class SchedulerService:
         plan_size: int = 0,
         incarnation: str = "",
         validation_at: int | None = None,
+        held_until: int = 0,
+        horizon_token: str = "",
     ) -> Plan:
         """Record a rank's progress (and an epoch's decision); return its next plan.
 
@@ -631,6 +647,8 @@ class SchedulerService:
         decision of that validation point instead of an epoch's.
         ``incarnation`` (the job's, as the rank knows it; empty: not checked) fences a
         rank of a job that was deleted and created again, or lost by the store.
+        ``held_until`` / ``horizon_token``: the end of the plan the rank holds and the
+        server's signature of it (``Plan.horizon_token``); see ``_claimed_horizon``.
         """
         check_job_id(job_id)
         if not 0 <= rank < self.limits.max_world_size:
@@ -657,6 +675,8 @@ class SchedulerService:
                 f"iteration {iteration} is past the end of training "
                 f"({entry.schedule.max_iters})", field="iteration")
         await self._check_frontier(job_id, entry, iteration)
+        held = self._claimed_horizon(job_id, entry, generation, incarnation, held_until,
+                                     horizon_token)
         decision = self._decision(entry, iteration, epoch_end, metrics, validation_at)
         keyframe = self._keyframe_to_store(entry)
         with store_errors():
@@ -670,7 +690,7 @@ class SchedulerService:
                                     iteration + self._plan_cells_cap(
                                         entry.spec, len(entry.schedule.params))),
                     known_spec_hash=entry.spec_hash, known_changes=entry.num_changes,
-                    incarnation=entry.incarnation)
+                    incarnation=entry.incarnation, held_until=held)
             except JobNotFound:
                 self._forget(job_id)
                 if incarnation:
@@ -703,6 +723,39 @@ class SchedulerService:
         self.events.job_reported(job_id)
         self.events.plan_issued(job_id, len(plan.values))
         return plan
+
+    def _claimed_horizon(self, job_id: str, entry: LoadedJob, generation: int,
+                         incarnation: str, held_until: int, token: str) -> int:
+        """The plan end a rank says it holds, as far as it is to be believed (0: none).
+
+        The store keeps the highest one and no change starts before it, so a store that
+        lost a plan's ``issued_until`` (a failover) still cannot make ranks disagree. A
+        claim signed by a known state key counts as given; one signed wrongly is
+        INVALID_ARGUMENT (a forgery or a bug, never an honest rank); an unsigned one (a
+        server without state keys made the plan, or a key this server does not know)
+        counts only with auth off, where every caller is trusted alike, capped at one
+        maximum plan past the plans handed out; with auth on it is ignored, since any
+        job-scoped token could otherwise block every change of the job."""
+        if held_until < 0:
+            raise InvalidArgument(f"must be >= 0, got {held_until}", field="held_until")
+        if held_until == 0:
+            return 0
+        if not isinstance(token, str) or len(token) > 200:
+            raise InvalidArgument("must be at most 200 characters", field="horizon_token")
+        if self.state_keys is not None:
+            verdict = check_horizon(self.state_keys, token, job_id,
+                                    incarnation or entry.incarnation, generation, held_until)
+            if verdict is False:
+                raise InvalidArgument(
+                    f"is not this service's signature of a plan of job {job_id!r} (generation "
+                    f"{generation}) ending at held_until={held_until}; send the "
+                    "horizon_token of the plan held, unchanged", field="horizon_token")
+            if verdict:
+                return held_until
+        if self.auth_enabled:
+            return 0
+        return min(held_until, entry.frontier + self.max_plan_size,
+                   entry.schedule.max_iters + 1)
 
     async def _check_frontier(self, job_id: str, entry: LoadedJob, iteration: int) -> None:
         """Refuse a report far past every plan handed out: no rank can be there (it waits
@@ -905,46 +958,19 @@ class SchedulerService:
         paged like ``values``; its first page replays from iteration 0, which its budget
         counts, and each token carries the replay state where its page stopped, so a
         later page costs O(page). Computed in a worker thread: a long preview must not
-        stall the others."""
-        spec = await self._parsed(spec_data)
-        request = self._window(start, stop, spec.max_iters, stride)
-        schedule = Schedule(spec)
-        for epoch, metrics in decisions.items():
-            try:
-                schedule.check_metrics(epoch, metrics)
-            except MetricsError as exc:
-                raise InvalidArgument(exc.reason, field=f"decisions[{epoch}].{exc.field}") from None
-        chosen = dict(decisions)
-        subject = [spec.to_dict(), sorted([e, m] for e, m in chosen.items())]
-        bound = pages.binding("preview", subject, start, stop, stride)
-        first, carried = pages.read_token(page_token, request, bound)
-        if carried is not None:  # the previous page's last state: no replay from 0
-            pages.seed_carried(schedule, carried, request, first)
-        replay = schedule.replay_distance(first)
-        width = spec.num_groups * len(schedule.params)
-        count = pages.affordable(self.max_values_cells, width, replay,
-                                 request.points_from(first), first=first,
-                                 stride=request.stride, preview=True)
+        stall the others: in a worker process (``previews``), so its replay does not
+        hold this process's GIL either."""
+        request = PreviewRequest(
+            dict(spec_data), start, stop,
+            {int(e): (dict(m) if m is not None else None) for e, m in decisions.items()},
+            stride, page_token, deadline, self.max_values_cells, pages.MAX_CARRIED_LENGTH,
+            self.limits)
+        if self.preview_processes:
+            executor = previews.pool(self.compute_workers)
+            return await self.offload(
+                lambda: executor.submit(previews.preview_page, request).result())
         work = pages.Work(deadline)
-        reached = [first]  # the furthest iteration computed: its state is kept
-
-        def values_range(a: int, b: int) -> list[GroupValues]:
-            try:
-                got = schedule.values_range(a, b, chosen)
-            except ConfigError as exc:
-                raise config_error(exc, "spec") from None
-            reached[0] = max(reached[0], a + len(got) - 1)
-            return got
-
-        def compute() -> tuple[list[GroupValues], int | None, dict[str, Any] | None]:
-            rows, missing = pages.compute(values_range, request, first, count, work,
-                                          replay_from=first - replay)
-            return rows, missing, pages.keyframe_to_carry(schedule, request, first, rows,
-                                                          missing, chosen, reached[0])
-
-        rows, missing, keyframe = await pages.run(work, compute, self.offload)
-        return pages.finish(spec, schedule, request, first, rows, missing, bound, "", 0,
-                            keyframe=keyframe)
+        return await pages.run(work, lambda: previews.preview_page(request), self.offload)
 
     # -- checkpoints ------------------------------------------------------------------
     async def get_state(self, job_id: str, iteration: int, *, generation: int = 0,
@@ -1175,7 +1201,10 @@ class SchedulerService:
                                             empty, empty, True, done,
                                             done.get("before") or [], done.get("after") or [])
             data = dict(change)
-            earliest = max([record.issued_until] + [o.start for o in entry.schedule.changes])
+            # Past every plan handed out, and every plan a rank reported holding (the
+            # store may have lost the former in a failover; ranks keep reporting the latter).
+            earliest = max([record.issued_until, record.held_until]
+                           + [o.start for o in entry.schedule.changes])
             if data.get("from_iteration") is None:
                 data["from_iteration"] = earliest
             start = data["from_iteration"]

@@ -143,19 +143,21 @@ def _checksum(body: bytes) -> str:
 
 
 def encode_token(bound: str, state: str, next_point: int,
-                 keyframe: Mapping[str, Any] | None = None) -> str:
+                 keyframe: Mapping[str, Any] | None = None,
+                 max_carried: int | None = None) -> str:
     """The token of the page from ``next_point``; with ``keyframe`` (the replay state
     where the last page stopped, ``Schedule.keyframe``) compressed in, so the next page
     can continue from it instead of replaying from iteration 0. A state too large for
     ``MAX_CARRIED_LENGTH`` is left out: the next page then replays, as without one."""
     fields: dict[str, Any] = {"v": _TOKEN_VERSION, "r": bound, "s": state, "n": next_point}
+    limit = MAX_CARRIED_LENGTH if max_carried is None else max_carried
     if keyframe is not None:
         body = canonical_json({**fields, "k": keyframe}).encode()
         # (doubles in JSON compress about 2:1 at best: a far larger state is not tried)
-        if len(body) <= 4 * MAX_CARRIED_LENGTH:
+        if len(body) <= 4 * limit:
             raw = _COMPRESSED + zlib.compress(body + b"." + _checksum(body).encode(), 9)
             token = base64.urlsafe_b64encode(raw).decode().rstrip("=")
-            if len(token) <= MAX_CARRIED_LENGTH:
+            if len(token) <= limit:
                 return token
     body = canonical_json(fields).encode()
     raw = body + b"." + _checksum(body).encode()
@@ -426,7 +428,7 @@ def keyframe_to_carry(schedule: Schedule, request: Window, first: int,
 def finish(spec: JobSpec, schedule: Schedule, request: Window, first: int,
            rows: list[GroupValues], missing: int | None, bound: str, state: str,
            generation: int, incarnation: str = "", *,
-           keyframe: Mapping[str, Any] | None = None) -> Page:
+           keyframe: Mapping[str, Any] | None = None, max_carried: int | None = None) -> Page:
     """The page of ``rows`` from ``first``; ``missing``: the iteration where the values
     wait on a validation decision (then ``waits_for_epoch`` says which, as in a plan,
     and no page follows). ``keyframe``: the replay state the token carries."""
@@ -435,7 +437,8 @@ def finish(spec: JobSpec, schedule: Schedule, request: Window, first: int,
                    incarnation)
     token = ""
     if follows(request, first, rows, missing):
-        token = encode_token(bound, state, first + len(rows) * request.stride, keyframe)
+        token = encode_token(bound, state, first + len(rows) * request.stride, keyframe,
+                             max_carried)
     return Page(first, base.params, base.num_groups, rows, base.generation,
                 base.waits_for_epoch, base.max_iters, base.incarnation,
                 stride=request.stride, next_page_token=token)

@@ -93,3 +93,37 @@ class StateKeys:
 
     def __repr__(self) -> str:  # never show a secret
         return f"StateKeys(ids={[k for k, _ in self.keys]})"
+
+
+# -- plan horizons -----------------------------------------------------------------------
+# A plan's end, signed, so a rank can later prove "I hold values up to here" and the
+# service keeps every change out of that plan even if the store lost its record of it.
+# A job-scoped caller cannot forge one: without the signature, a claim at the end of
+# training would block every change of the job.
+
+def _horizon_payload(job_id: str, incarnation: str, generation: int, plan_end: int) -> bytes:
+    return json.dumps(["plan-horizon", job_id, incarnation, int(generation), int(plan_end)],
+                      separators=(",", ":")).encode()
+
+
+def sign_horizon(keys: StateKeys, job_id: str, incarnation: str, generation: int,
+                 plan_end: int) -> str:
+    """The token ``"<key id>:<hex HMAC>"`` of a plan of ``job_id`` ending at ``plan_end``."""
+    key_id, signature = keys.sign(_horizon_payload(job_id, incarnation, generation, plan_end))
+    return f"{key_id}:{signature}"
+
+
+def check_horizon(keys: StateKeys, token: str, job_id: str, incarnation: str,
+                  generation: int, plan_end: int) -> bool | None:
+    """True: ``token`` is a known key's signature of this horizon; False: a known key's
+    but not of this (forged, or another job, generation or end); None: no signature
+    this server can check (empty, or a key id it does not know, e.g. mid-rotation)."""
+    if not token:
+        return None
+    key_id, colon, signature = token.partition(":")
+    if not colon:
+        return False
+    if not keys.knows(key_id):
+        return None
+    return keys.verify(key_id, _horizon_payload(job_id, incarnation, generation, plan_end),
+                       signature)

@@ -50,6 +50,9 @@ class Plan:
     waits_for_epoch: int | None = None
     max_iters: int = 0  # the job's length as of this plan (changes may alter it)
     incarnation: str = ""
+    # The server's signature of this plan's end (signing.sign_horizon; "" without state
+    # keys): a rank reports it back with held_until, so no change starts inside the plan.
+    horizon_token: str = ""
 
 
 def plan_of(spec: JobSpec, schedule: Schedule, start: int, stop: int,

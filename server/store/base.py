@@ -22,7 +22,11 @@ each, real Redis included):
   epoch is written once (first writer wins); ``issued_until`` only grows.
 * A job's changes are append-only within a generation; ``reschedule``
   appends one only if no plan was handed out for its first iteration
-  (``issued_until <= from_iteration``) and no other change came in meanwhile.
+  (``issued_until <= from_iteration``), no rank reported holding a plan past it
+  (``held_until <= from_iteration``) and no other change came in meanwhile.
+* ``held_until`` (the highest plan end a rank reported holding, ``report``'s
+  ``held_until``) only grows within a generation and is 0 in a new one (``load_state``,
+  ``join`` of a new run): defence in depth for a store that lost an ``issued_until``.
 * A job keeps at most one keyframe (``save_keyframe``), which only moves forward within
   an incarnation and generation and goes with the job on ``delete``.
 * The audit trail of a job id outlives the job: ``delete`` keeps it (and appends the
@@ -55,7 +59,8 @@ class JobNotFound(StoreError):
 
 
 class TooEarly(StoreError):
-    """A change would alter values already handed out in a plan."""
+    """A change would alter values already handed out in a plan (``issued_until`` is
+    ``max(issued_until, held_until)``: the plans handed out or held by a rank)."""
 
     def __init__(self, job_id: str, from_iteration: int, issued_until: int) -> None:
         self.job_id, self.from_iteration, self.issued_until = job_id, from_iteration, issued_until
@@ -152,6 +157,9 @@ class JobRecord:
     # When a rank first reported the job's last iteration done (0: not finished); a new
     # generation or a change clears it. Finished jobs are deleted after a retention.
     finished_at: float = 0.0
+    # The highest plan end a rank of this generation reported holding (``report``'s
+    # ``held_until``): changes start at or after it even if ``issued_until`` was lost.
+    held_until: int = 0
 
     @property
     def has_progress(self) -> bool:
@@ -220,8 +228,9 @@ class JobStore(Protocol):
         """Append a change (and its audit entry), atomically.
 
         Raises JobNotFound; StaleGeneration; ChangeConflict when the job's number of
-        changes is not ``expected_changes``; TooEarly when ``issued_until`` is past
-        ``change["from_iteration"]``. Bumps ``version``; returns the full record.
+        changes is not ``expected_changes``; TooEarly when ``max(issued_until,
+        held_until)`` is past ``change["from_iteration"]``. Bumps ``version``; returns
+        the full record.
         """
         ...
 
@@ -247,6 +256,7 @@ class JobStore(Protocol):
         incarnation: str | None = None,
         keyframe: Keyframe | None = None,
         finished_at: float = 0.0,
+        held_until: int = 0,
     ) -> JobRecord:
         """Record a rank's progress, atomically.
 
@@ -260,7 +270,8 @@ class JobStore(Protocol):
         ``changes=None`` when ``known_changes`` equals the stored ``num_changes``.
         ``keyframe`` is kept as ``save_keyframe`` would, in the same write.
         ``finished_at`` (> 0) is stored unless the job has one already; ``join`` of a
-        new run, ``load_state`` and ``reschedule`` clear it.
+        new run, ``load_state`` and ``reschedule`` clear it. ``held_until`` raises the
+        job's ``held_until`` (the caller checked the claim).
         """
         ...
 

@@ -88,7 +88,8 @@ CREATE TABLE IF NOT EXISTS jobs (
     resumed_from TEXT NOT NULL,
     incarnation  TEXT NOT NULL DEFAULT '',
     run_id       TEXT NOT NULL DEFAULT '',
-    finished_at  REAL NOT NULL DEFAULT 0  -- when a rank reported the end (0: not yet)
+    finished_at  REAL NOT NULL DEFAULT 0,  -- when a rank reported the end (0: not yet)
+    held_until   INTEGER NOT NULL DEFAULT 0  -- the highest plan end a rank reported holding
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS progress (
     job_id     TEXT NOT NULL,
@@ -130,7 +131,8 @@ _JOB_COLUMNS = (
 # Columns added after the first release: ALTER TABLE'd into files written before them.
 _ADDED_JOB_COLUMNS = {"incarnation": "TEXT NOT NULL DEFAULT ''",
                       "run_id": "TEXT NOT NULL DEFAULT ''",
-                      "finished_at": "REAL NOT NULL DEFAULT 0"}
+                      "finished_at": "REAL NOT NULL DEFAULT 0",
+                      "held_until": "INTEGER NOT NULL DEFAULT 0"}
 
 
 class StoreConfigError(StoreError, ValueError):
@@ -341,12 +343,13 @@ class EmbeddedJobStore:
         conn: sqlite3.Connection, job_id: str, *, with_spec: bool = True, known_changes: int = -1
     ) -> JobRecord | None:
         row = conn.execute(
-            f"SELECT {_JOB_COLUMNS}, finished_at FROM jobs WHERE job_id = ?", (job_id,)
+            f"SELECT {_JOB_COLUMNS}, finished_at, held_until FROM jobs WHERE job_id = ?",
+            (job_id,)
         ).fetchone()
         if row is None:
             return None
         (spec, spec_hash, generation, version, world_size, created_at, issued, resumed,
-         incarnation, run_id, finished_at) = row
+         incarnation, run_id, finished_at, held_until) = row
         progress = conn.execute(
             "SELECT rank, iterations FROM progress WHERE job_id = ?", (job_id,)
         ).fetchall()
@@ -377,6 +380,7 @@ class EmbeddedJobStore:
             incarnation=incarnation,
             run_id=run_id,
             finished_at=float(finished_at),
+            held_until=int(held_until),
         )
 
     @classmethod
@@ -517,6 +521,7 @@ class EmbeddedJobStore:
         incarnation: str | None = None,
         keyframe: Keyframe | None = None,
         finished_at: float = 0.0,
+        held_until: int = 0,
     ) -> JobRecord:
         """Record a rank's progress atomically; see ``JobStore.report``."""
         decision_row = (
@@ -549,6 +554,9 @@ class EmbeddedJobStore:
             if finished_at > 0:
                 conn.execute("UPDATE jobs SET finished_at = ? WHERE job_id = ? AND "
                              "finished_at = 0", (float(finished_at), job_id))
+            if held_until > 0:
+                conn.execute("UPDATE jobs SET held_until = max(held_until, ?) WHERE job_id = ?",
+                             (int(held_until), job_id))
             with_spec = not (known_spec_hash and known_spec_hash == spec_hash)
             return self._read_existing(conn, job_id, with_spec=with_spec,
                                        known_changes=known_changes)
@@ -601,7 +609,7 @@ class EmbeddedJobStore:
                 return record, "resume_required"
             conn.execute(
                 "UPDATE jobs SET run_id = ?, world_size = ?, generation = generation + 1, "
-                "resumed_from = '', finished_at = 0 WHERE job_id = ?",
+                "resumed_from = '', finished_at = 0, held_until = 0 WHERE job_id = ?",
                 (run_id, int(world_size), job_id))
             conn.execute("DELETE FROM progress WHERE job_id = ?", (job_id,))
             self._record_progress(conn, job_id, rank, 0, issue_until)
@@ -671,8 +679,8 @@ class EmbeddedJobStore:
                     "UPDATE jobs SET spec = ?, spec_hash = ?, generation = ?, "
                     "version = version + 1, "
                     "world_size = CASE WHEN ? > 0 THEN ? ELSE world_size END, "
-                    "issued_until = ?, resumed_from = ?, run_id = ?, finished_at = 0 "
-                    "WHERE job_id = ?",
+                    "issued_until = ?, resumed_from = ?, run_id = ?, finished_at = 0, "
+                    "held_until = 0 WHERE job_id = ?",
                     (
                         spec_json,
                         spec_hash,
@@ -718,10 +726,11 @@ class EmbeddedJobStore:
         start = int(change["from_iteration"])
 
         def op(conn: sqlite3.Connection) -> JobRecord:
-            row = conn.execute("SELECT generation, issued_until FROM jobs WHERE job_id = ?",
-                               (job_id,)).fetchone()
+            row = conn.execute("SELECT generation, max(issued_until, held_until) FROM jobs "
+                               "WHERE job_id = ?", (job_id,)).fetchone()
             if row is None:
                 raise JobNotFound(job_id)
+            # The earliest start: past every plan handed out and every plan a rank holds.
             stored_generation, issued_until = row
             if stored_generation != generation:
                 raise StaleGeneration(job_id, generation, stored_generation)

@@ -4,7 +4,8 @@ Layout (``P`` is the prefix, ``J`` the job id)::
 
     P:{J}:job        hash  spec (canonical JSON), spec_hash, generation, version,
                            world_size, created_at, issued_until, resumed_from,
-                           incarnation, run_id (absent in jobs stored before them: "")
+                           incarnation, run_id, held_until (absent in jobs stored
+                           before them: "" / 0)
     P:{J}:progress   hash  rank -> iterations done
     P:{J}:decisions  hash  epoch -> canonical JSON of the metrics, or "null"
     P:{J}:changes    list  the job's changes (reschedules), canonical JSON, in order
@@ -62,7 +63,11 @@ waits for 1 replica whenever the master has one (re-read from ``INFO replication
 every few seconds) and for none otherwise; an explicit number is required always.
 ``WAIT`` does not make Redis strongly consistent: a write can reach a replica that is
 then not the one promoted, or reach the master alone when ``WAIT`` fails and still be
-kept. On a Redis Cluster the scripts are routed per slot and ``WAIT`` is not sent.
+kept. On a Redis Cluster the script and ``WAIT`` go together, on one connection, to
+the master of the job's hash slot (``ClusterNode.execute_pipeline``); the default waits
+for 1 replica when that slot has one (the client's slot map), and a MOVED reply or a
+lost connection (a shard's master failed over) refreshes the slot map before the
+write is tried again or ``StoreUnavailable`` is raised.
 """
 
 from __future__ import annotations
@@ -79,7 +84,7 @@ from urllib.parse import parse_qs, unquote
 
 import redis.asyncio as aioredis
 from redis import exceptions as redis_errors
-from redis.asyncio.cluster import RedisCluster
+from redis.asyncio.cluster import PipelineCommand, RedisCluster
 from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import Sentinel, SentinelManagedSSLConnection
 from redis.backoff import ExponentialBackoff
@@ -243,7 +248,7 @@ def _record(job_id: str, reply: Sequence[Any]) -> JobRecord:
     """Build a JobRecord from ``read_job``'s reply (strings, decode_responses=True)."""
     fields, spec, progress, decisions, num_changes, changes = reply
     (spec_hash, generation, version, world_size, created_at, issued_until, resumed,
-     incarnation, run_id, finished_at) = fields
+     incarnation, run_id, finished_at, held_until) = fields
     return JobRecord(
         job_id=job_id,
         spec=json.loads(spec) if spec is not None else None,
@@ -261,6 +266,7 @@ def _record(job_id: str, reply: Sequence[Any]) -> JobRecord:
         incarnation=incarnation or "",
         run_id=run_id or "",
         finished_at=float(finished_at or 0),
+        held_until=int(held_until or 0),
     )
 
 
@@ -358,12 +364,15 @@ class RedisJobStore:
             sentinel_options["ssl"] = True
         return Sentinel(list(target.sentinels), sentinel_kwargs=sentinel_options)
 
-    async def _replicas_to_wait_for(self) -> int:
-        """``WAIT``'s count: the explicit one, or 1 while the master has a replica."""
-        if self.cluster:
-            return 0
+    async def _replicas_to_wait_for(self, key: str) -> int:
+        """``WAIT``'s count: the explicit one, or 1 while the master (of ``key``'s slot,
+        on a cluster) has a replica."""
         if self.wait_replicas is not None:
             return self.wait_replicas
+        if isinstance(self._redis, RedisCluster):
+            # The slot map lists the slot's master first, then its replicas: no round trip.
+            nodes = self._redis.nodes_manager.slots_cache.get(self._redis.keyslot(key), [])
+            return 1 if len(nodes) > 1 else 0
         now = time.monotonic()
         if now - self._auto_checked >= _AUTO_WAIT_RECHECK_S:
             self._auto_checked = now
@@ -375,17 +384,26 @@ class RedisJobStore:
         """Run a writing script, then ``WAIT`` on the same connection in the same
         round trip; fewer confirming replicas than asked is ``StoreUnavailable``.
         Call inside ``_backend``."""
-        replicas = await self._replicas_to_wait_for()
+        replicas = await self._replicas_to_wait_for(keys[0])
         if replicas == 0:
             return await script(keys=keys, args=args)
         timeout_ms = max(1, int(self.wait_timeout * 1000))
-        for _attempt in range(2):
-            async with self._redis.pipeline(transaction=False) as pipe:
-                pipe.evalsha(script.sha, len(keys), *keys, *args)
-                pipe.execute_command("WAIT", replicas, timeout_ms)
-                reply, acked = await pipe.execute(raise_on_error=False)
+        for _attempt in range(3):
+            if isinstance(self._redis, RedisCluster):
+                reply, acked = await self._on_slot_master(script, keys, args, replicas,
+                                                          timeout_ms)
+            else:
+                async with self._redis.pipeline(transaction=False) as pipe:
+                    pipe.evalsha(script.sha, len(keys), *keys, *args)
+                    pipe.execute_command("WAIT", replicas, timeout_ms)
+                    reply, acked = await pipe.execute(raise_on_error=False)
             if isinstance(reply, redis_errors.NoScriptError):
                 await self._redis.script_load(script.script)  # the Redis lost its scripts
+                continue
+            if isinstance(reply, (redis_errors.MovedError, redis_errors.AskError)):
+                # The slot moved (a shard's failover, a reshard): learn where, try again.
+                assert isinstance(self._redis, RedisCluster)
+                await self._redis.nodes_manager.initialize()
                 continue
             if isinstance(reply, Exception):
                 raise reply
@@ -398,6 +416,27 @@ class RedisJobStore:
                     f"{self.wait_timeout:g} s (only {acked}); retry")
             return reply
         raise StoreError(f"redis error during {what}: script could not be loaded")
+
+    async def _on_slot_master(self, script: Any, keys: list[str], args: list[str],
+                              replicas: int, timeout_ms: int) -> tuple[Any, Any]:
+        """EVALSHA then WAIT on ONE connection to the master of the job's slot (``WAIT``
+        counts the writes of its own connection), as redis-py's cluster pipeline does
+        per node; returns both replies (errors as values)."""
+        assert isinstance(self._redis, RedisCluster)
+        if self._redis._initialize:  # the slot map is read on the first command
+            await self._redis.initialize()
+        node = self._redis.get_node_from_key(keys[0])
+        if node is None:
+            raise StoreUnavailable(f"redis cluster: no master serves the slot of {keys[0]!r}")
+        commands = [PipelineCommand(0, "EVALSHA", script.sha, len(keys), *keys, *args),
+                    PipelineCommand(1, "WAIT", replicas, timeout_ms)]
+        try:
+            await node.execute_pipeline(commands)
+        except (redis_errors.ConnectionError, redis_errors.TimeoutError, OSError):
+            # Likely a master that failed over: the next call should ask the cluster.
+            await self._redis.nodes_manager.initialize()
+            raise
+        return commands[0].result, commands[1].result
 
     @asynccontextmanager
     async def _backend(self, what: str) -> AsyncIterator[None]:
@@ -531,6 +570,7 @@ class RedisJobStore:
         incarnation: str | None = None,
         keyframe: Keyframe | None = None,
         finished_at: float = 0.0,
+        held_until: int = 0,
     ) -> JobRecord:
         """Record a rank's progress in one script call; see ``JobStore.report``."""
         if decision is None:
@@ -551,6 +591,7 @@ class RedisJobStore:
               if keyframe is not None and keyframe.generation == generation
               else ["0", "", "0", ""]),
             repr(float(finished_at)),
+            str(int(held_until)),
         ]
         keys = [*self.job_keys(job_id), self.keyframe_key(job_id)]
         async with self._backend("report"):

@@ -5,7 +5,7 @@
 local function read_job(with_spec, known)
   local fields = redis.call('HMGET', KEYS[1], 'spec_hash', 'generation', 'version',
     'world_size', 'created_at', 'issued_until', 'resumed_from', 'incarnation', 'run_id',
-    'finished_at')
+    'finished_at', 'held_until')
   local spec = false
   if with_spec then spec = redis.call('HGET', KEYS[1], 'spec') end
   local count = redis.call('LLEN', KEYS[4])

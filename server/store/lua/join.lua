@@ -26,7 +26,7 @@ for _, done in ipairs(redis.call('HVALS', KEYS[2])) do
   if tonumber(done) > 0 then return {'resume_required', read_job(true, -1)} end
 end
 redis.call('HSET', KEYS[1], 'run_id', ARGV[1], 'world_size', ARGV[2], 'resumed_from', '',
-           'finished_at', '0')
+           'finished_at', '0', 'held_until', '0')
 redis.call('HINCRBY', KEYS[1], 'generation', 1)
 redis.call('DEL', KEYS[2])
 record_rank()

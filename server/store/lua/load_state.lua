@@ -19,7 +19,7 @@ else
     'incarnation', ARGV[10])
 end
 redis.call('HSET', KEYS[1], 'spec', ARGV[1], 'spec_hash', ARGV[2], 'issued_until', ARGV[7],
-  'resumed_from', ARGV[4], 'run_id', ARGV[9], 'finished_at', '0')
+  'resumed_from', ARGV[4], 'run_id', ARGV[9], 'finished_at', '0', 'held_until', '0')
 if tonumber(ARGV[5]) > 0 or redis.call('HEXISTS', KEYS[1], 'world_size') == 0 then
   redis.call('HSET', KEYS[1], 'world_size', ARGV[5])
 end

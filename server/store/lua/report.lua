@@ -1,7 +1,8 @@
 -- ARGV: generation, rank, iteration, has_decision ('1'/'0'), epoch, metrics JSON,
 -- issue_until, known_spec_hash, known_changes, check incarnation ('1'/'0'),
 -- incarnation, has_keyframe ('1'/'0'), keyframe incarnation, iteration, data,
--- finished_at ('0': not finished).
+-- finished_at ('0': not finished), held_until (the plan end the rank holds, checked by
+-- the service; '0': none).
 -- KEYS[6]: the keyframe (written like save_keyframe.lua, in the same round trip).
 -- (job.lua's read_job and write_children are prepended.)
 if redis.call('EXISTS', KEYS[1]) == 0 then return {'missing'} end
@@ -22,6 +23,9 @@ end
 if ARGV[4] == '1' then redis.call('HSETNX', KEYS[3], ARGV[5], ARGV[6]) end
 if tonumber(redis.call('HGET', KEYS[1], 'issued_until')) < tonumber(ARGV[7]) then
   redis.call('HSET', KEYS[1], 'issued_until', ARGV[7])
+end
+if tonumber(redis.call('HGET', KEYS[1], 'held_until') or '0') < tonumber(ARGV[17]) then
+  redis.call('HSET', KEYS[1], 'held_until', ARGV[17])
 end
 redis.call('HINCRBY', KEYS[1], 'version', 1)
 if ARGV[12] == '1' and ARGV[13] == (redis.call('HGET', KEYS[1], 'incarnation') or '') then
