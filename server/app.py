@@ -32,7 +32,7 @@ from paramsched.api.v1 import scheduler_pb2, scheduler_pb2_grpc
 
 from .auth import AuthConfigError, TokenRegistry
 from .errors import ServiceError
-from .grpc.interceptors import AuthInterceptor, MetricsInterceptor, RawRequestInterceptor
+from .grpc.interceptors import ServiceInterceptor
 from .grpc.servicer import SchedulerServicer
 from .observability import InstrumentedStore, Metrics, configure_logging
 from .service import SchedulerService
@@ -205,13 +205,10 @@ async def build_parts(config: ServerConfig) -> RunningParts:
                                cache_bytes=config.cache_bytes,
                                compute_workers=config.compute_workers,
                                max_compute_waiting=config.max_compute_waiting)
-    # Outermost first: count every RPC; refuse unusable raw bytes (oversized, not a
-    # message) before anything reads the request; then authenticate (it reads job_id).
+    # One interceptor: count every RPC, refuse unusable raw bytes, then authenticate.
     interceptors: list[grpc.aio.ServerInterceptor] = [
-        MetricsInterceptor(metrics), RawRequestInterceptor(config.max_message_bytes)]
-    if tokens.enabled:
-        interceptors.append(AuthInterceptor(tokens))
-    elif not is_loopback(config.host):
+        ServiceInterceptor(metrics, config.max_message_bytes, tokens)]
+    if not tokens.enabled and not is_loopback(config.host):
         log.warning("serving on %s WITHOUT authentication: anyone who can reach this address "
                     "can read and change every job; set --tokens-file", config.host)
     server = grpc.aio.server(interceptors=interceptors, options=[

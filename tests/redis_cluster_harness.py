@@ -109,7 +109,7 @@ class RedisCluster:
                 and i.get("cluster_known_nodes") == str(len(self.nodes))
                 for i in infos
             ) and all(len(self.replicas_of(port)) == self.replicas
-                      for port in self.master_ports()):
+                      for port in self.master_ports()) and self._slots_list_replicas():
                 return
             if time.monotonic() > deadline:
                 raise RuntimeError(f"Redis Cluster not ok after {timeout}s: {infos}")
@@ -119,6 +119,13 @@ class RedisCluster:
         """``INFO replication`` of one node."""
         with _node(port) as client:
             return dict(client.info("replication"))
+
+    def _slots_list_replicas(self) -> bool:
+        """Whether CLUSTER SLOTS (what clients read) lists every shard's replicas yet:
+        gossip makes a replica known there a little after it is in sync."""
+        with _node(self.ports[0]) as client:
+            ranges = client.execute_command("CLUSTER SLOTS")
+        return all(len(r) - 3 == self.replicas for r in ranges)
 
     def master_ports(self) -> list[int]:
         return [p for p in self.ports if self.replication(p).get("role") == "master"]

@@ -551,7 +551,9 @@ def test_the_installed_executable_runs_the_commands(stub: pb_grpc.SchedulerServi
 
 # -- the operator's experience -------------------------------------------------------
 @pytest.mark.parametrize("argv", [["--version"], ["serve", "--version"],
-                                  ["jobs", "list", "--version"], ["decay", "--version"]])
+                                  ["jobs", "list", "--version"], ["decay", "--version"],
+                                  ["jobs", "--version"], ["health", "--version"],
+                                  ["plot", "--version"]])
 def test_version_everywhere(argv: list[str], capsys: pytest.CaptureFixture[str]):
     import paramsched as package
 

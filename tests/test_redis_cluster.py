@@ -173,6 +173,53 @@ def test_an_unreachable_cluster_is_store_unavailable(store_loop: asyncio.Runner)
     store_loop.run(scenario())
 
 
+# -- WAIT on the job's shard ----------------------------------------------------------
+
+
+def test_writes_wait_for_the_replica_of_the_jobs_shard(
+    tmp_path: Path, store_loop: asyncio.Runner
+) -> None:
+    """Script and WAIT go to the master of the job's slot on one connection: an answered
+    write is on that shard's replica already, and a replica that cannot confirm (paused)
+    makes the write StoreUnavailable instead of an answer a failover could lose."""
+    with RedisCluster(masters=3, replicas=1, data_dir=tmp_path / "cluster") as cluster:
+        default = RedisJobStore(cluster.url)  # waits for 1 replica: every shard has one
+        strict = RedisJobStore(cluster.url, wait_replicas=1, wait_timeout=0.3)
+        job_key = default.job_keys("job-a")[0]
+        slot = cluster.keyslot(job_key)
+        (master,) = [p for p in cluster.master_ports()
+                     if any(start <= slot <= end for start, end in _slots_of(cluster, p))]
+        (replica,) = cluster.replicas_of(master)
+
+        async def scenario() -> None:
+            await default.create(contract.make_record())
+            assert await default._replicas_to_wait_for(job_key) == 1
+            for i in range(1, 6):  # answered only once the replica has it: read it there
+                await default.report("job-a", generation=1, rank=0, iteration=i,
+                                     issue_until=i + 64)
+                with redis.Redis(port=replica.port, decode_responses=True) as direct:
+                    direct.execute_command("READONLY")
+                    assert direct.hget(job_key, "issued_until") == str(i + 64)
+            replica.pause()
+            try:
+                with pytest.raises(StoreUnavailable, match="replica"):
+                    await strict.report("job-a", generation=1, rank=0, iteration=9,
+                                        issue_until=99)
+            finally:
+                replica.resume()
+            await default.close()
+            await strict.close()
+
+        store_loop.run(scenario())
+
+
+def _slots_of(cluster: RedisCluster, port: int) -> list[tuple[int, int]]:
+    """The slot ranges the master on ``port`` serves (CLUSTER SLOTS)."""
+    with redis.Redis(port=cluster.ports[0]) as client:
+        ranges = client.execute_command("CLUSTER SLOTS")
+    return [(int(r[0]), int(r[1])) for r in ranges if int(r[2][1]) == port]
+
+
 # -- a multi-rank job through `paramsched serve --redis-url redis+cluster://...` ---------
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import time
@@ -46,10 +47,18 @@ def test_sigterm_finishes_in_flight_requests_then_exits_zero(tmp_path: Path):
             stub.GetJob(pb.GetJobRequest(job_id="absent"))
         assert server.proc is not None
         busy_before = cpu_seconds(server.proc.pid)
-        # A few iterations deep into a long schedule: a replay from 0 of most of the cost
-        # budget (max_values_cells), so a good share of a second, for a small reply.
-        in_flight = stub.PreviewSchedule.future(pb.PreviewScheduleRequest(
-            spec=spec, start_iteration=250_000, stop_iteration=250_011))
+        # A resume deep into a long job from a state without its keyframe (as an older
+        # server wrote them): a replay from 0 in the server's worker thread.
+        stub.AttachJob(pb.AttachJobRequest(job_id="long", spec=spec))
+        state = payload_of(stub.GetState(pb.GetStateRequest(job_id="long",
+                                                            iteration=0)).state_json)
+        state.update(iteration=400_000)
+        state.pop("keyframe", None)
+        unsigned = json.dumps({"format": "paramsched.schedule/v2",
+                               "payload": json.dumps(state), "key_id": "", "signature": ""})
+        busy_before = cpu_seconds(server.proc.pid)
+        in_flight = stub.LoadState.future(pb.LoadStateRequest(
+            job_id="long", state_json=unsigned, run_id="r2", plan_size=11))
         # Once the server has burnt some CPU the request is surely in flight (a fixed
         # sleep would race on a loaded machine).
         deadline = time.monotonic() + 60
@@ -58,7 +67,7 @@ def test_sigterm_finishes_in_flight_requests_then_exits_zero(tmp_path: Path):
             time.sleep(0.02)
         assert server.terminate() == 0
         reply = in_flight.result(timeout=30)
-        assert reply.plan.start_iteration == 250_000 and reply.plan.num_iterations == 11
+        assert reply.plan.start_iteration == 400_000 and reply.plan.num_iterations == 11
         assert any("stopped" in line for line in server.log)
         channel.close()
     finally:

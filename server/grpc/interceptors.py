@@ -1,6 +1,7 @@
-"""Server interceptors: bearer-token auth and per-RPC metrics.
+"""The server interceptor: per-RPC metrics, raw request checks and bearer-token auth,
+in one chain.
 
-Both wrap the SchedulerService's unary handlers; the health and reflection services
+It wraps the SchedulerService's unary handlers; the health and reflection services
 stay open (probes carry no token) and are not counted.
 
 Authorization needs the request's ``job_id``, which the interceptor only sees after
@@ -12,7 +13,6 @@ store is touched, so the answer is the same whether the job exists or not.
 from __future__ import annotations
 
 import time
-from abc import abstractmethod
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -43,90 +43,47 @@ METHOD_RULES = {
 Behavior = Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]]
 
 
-class _UnaryInterceptor(grpc.aio.ServerInterceptor):
-    """Wraps the SchedulerService's unary handlers with ``wrap``; leaves others alone."""
+class ServiceInterceptor(grpc.aio.ServerInterceptor):
+    """The one interceptor of the SchedulerService's unary methods: it counts every RPC,
+    refuses unusable raw bytes (oversized, not a message) before anything reads the
+    request, then authenticates (which reads ``job_id``). Each method's wrapped handler
+    is built once and reused: nothing in it depends on the call but the call itself."""
+
+    def __init__(self, metrics: Metrics, max_message_bytes: int,
+                 tokens: TokenRegistry | None = None) -> None:
+        self.metrics = metrics
+        self.limit = max_message_bytes
+        self.tokens = tokens if tokens is not None and tokens.enabled else None
+        self._handlers: dict[str, grpc.RpcMethodHandler] = {}
 
     async def intercept_service(self, continuation: Any,
                                 details: grpc.HandlerCallDetails) -> Any:
-        handler = await continuation(details)
         method = details.method
-        if handler is None or not method.startswith(SERVICE_PREFIX) or not handler.unary_unary:
+        if not method.startswith(SERVICE_PREFIX):
+            return await continuation(details)  # health, reflection: open, not counted
+        wrapped = self._handlers.get(method)
+        if wrapped is not None:
+            return wrapped
+        handler = await continuation(details)
+        if handler is None or not handler.unary_unary:
             return handler
-        behavior, deserialize = self.wrap(method[len(SERVICE_PREFIX):], handler, details)
-        return grpc.unary_unary_rpc_method_handler(
-            behavior, request_deserializer=deserialize,
-            response_serializer=handler.response_serializer)
-
-    @abstractmethod
-    def wrap(self, name: str, handler: grpc.RpcMethodHandler,
-             details: grpc.HandlerCallDetails) -> tuple[Behavior, Any]:
-        """The new behaviour and request deserializer for method ``name``."""
-
-
-class AuthInterceptor(_UnaryInterceptor):
-    def __init__(self, tokens: TokenRegistry) -> None:
-        self.tokens = tokens
-
-    def wrap(self, name: str, handler: grpc.RpcMethodHandler,
-             details: grpc.HandlerCallDetails) -> tuple[Behavior, Any]:
-        rule = METHOD_RULES.get(name, "admin")  # a method without a rule is admin-only
-        metadata = {k: v for k, v in (details.invocation_metadata or ())
-                    if isinstance(v, str)}
-        token = bearer_token(metadata)
+        name = method[len(SERVICE_PREFIX):]
         behavior = handler.unary_unary
+        if self.tokens is not None:
+            behavior = self._authorized(name, behavior)
+        wrapped = grpc.unary_unary_rpc_method_handler(
+            self._counted(name, self._checked(behavior)),
+            request_deserializer=self._deserializer(name, handler.request_deserializer),
+            response_serializer=handler.response_serializer)
+        self._handlers[method] = wrapped
+        return wrapped
 
-        async def authorized(request: Any, context: grpc.aio.ServicerContext) -> Any:
-            principal = self._authorize(token, rule, request)
-            if isinstance(principal, tuple):
-                await context.abort(*principal)
-            assert isinstance(principal, Principal)
-            reset = current_principal.set(principal)
-            try:
-                return await behavior(request, context)
-            finally:
-                current_principal.reset(reset)
-
-        return authorized, handler.request_deserializer
-
-    def _authorize(self, token: str | None, rule: str,
-                   request: Any) -> Principal | tuple[grpc.StatusCode, str]:
-        if token is None:
-            return (grpc.StatusCode.UNAUTHENTICATED,
-                    "missing bearer token (metadata 'authorization: Bearer <token>')")
-        principal = self.tokens.authenticate(token)
-        if principal is None:
-            return grpc.StatusCode.UNAUTHENTICATED, "unknown bearer token"
-        if rule == "admin" and not principal.admin:
-            return (grpc.StatusCode.PERMISSION_DENIED,
-                    f"token {principal.name!r} is not an admin token")
-        if rule == "scoped" and not principal.may_access(getattr(request, "job_id", "")):
-            return (grpc.StatusCode.PERMISSION_DENIED,
-                    f"token {principal.name!r} may not access job {request.job_id!r}")
-        return principal
-
-
-class _Refused:
-    """A request refused before parsing; the reason goes back as INVALID_ARGUMENT."""
-
-    def __init__(self, reason: str) -> None:
-        self.reason = reason
-
-
-class RawRequestInterceptor(_UnaryInterceptor):
-    """Checks the raw request bytes: over ``limit`` bytes, or not a valid message, is
-    INVALID_ARGUMENT saying so.
-
-    gRPC's own ``max_receive_message_length`` (set higher, as a backstop) would answer
-    RESOURCE_EXHAUSTED without naming the limit, and a parse error would surface as
-    UNKNOWN.
-    """
-
-    def __init__(self, limit: int) -> None:
-        self.limit = limit
-
-    def wrap(self, name: str, handler: grpc.RpcMethodHandler,
-             details: grpc.HandlerCallDetails) -> tuple[Behavior, Any]:
-        limit, parse, behavior = self.limit, handler.request_deserializer, handler.unary_unary
+    # -- raw request checks ------------------------------------------------------------
+    def _deserializer(self, name: str, parse: Any) -> Callable[[bytes], Any]:
+        """gRPC's own ``max_receive_message_length`` (set higher, as a backstop) would
+        answer RESOURCE_EXHAUSTED without naming the limit, and a parse error would
+        surface as UNKNOWN: both become INVALID_ARGUMENT saying so."""
+        limit = self.limit
 
         def deserialize(data: bytes) -> Any:
             if len(data) > limit:
@@ -137,21 +94,21 @@ class RawRequestInterceptor(_UnaryInterceptor):
             except DecodeError as exc:
                 return _Refused(f"request is not a valid {name}Request message: {exc}")
 
+        return deserialize
+
+    @staticmethod
+    def _checked(behavior: Behavior) -> Behavior:
         async def checked(request: Any, context: grpc.aio.ServicerContext) -> Any:
             if isinstance(request, _Refused):
                 await context.abort(grpc.StatusCode.INVALID_ARGUMENT, request.reason)
             return await behavior(request, context)
 
-        return checked, deserialize
+        return checked
 
-
-class MetricsInterceptor(_UnaryInterceptor):
-    def __init__(self, metrics: Metrics) -> None:
-        self.metrics = metrics
-
-    def wrap(self, name: str, handler: grpc.RpcMethodHandler,
-             details: grpc.HandlerCallDetails) -> tuple[Behavior, Any]:
-        metrics, behavior = self.metrics, handler.unary_unary
+    # -- metrics -------------------------------------------------------------------------
+    def _counted(self, name: str, behavior: Behavior) -> Behavior:
+        latency = self.metrics.rpc_latency.labels(name)
+        rpcs = self.metrics.rpcs
 
         async def counted(request: Any, context: grpc.aio.ServicerContext) -> Any:
             start = time.perf_counter()
@@ -162,8 +119,52 @@ class MetricsInterceptor(_UnaryInterceptor):
                 code = context.code() or grpc.StatusCode.UNKNOWN
                 raise
             finally:
-                metrics.rpc_latency.labels(name).observe(time.perf_counter() - start)
-                metrics.rpcs.labels(name, code.name if hasattr(code, "name") else
-                                    str(code)).inc()
+                latency.observe(time.perf_counter() - start)
+                rpcs.labels(name, code.name if hasattr(code, "name") else str(code)).inc()
 
-        return counted, handler.request_deserializer
+        return counted
+
+    # -- authentication ------------------------------------------------------------------
+    def _authorized(self, name: str, behavior: Behavior) -> Behavior:
+        rule = METHOD_RULES.get(name, "admin")  # a method without a rule is admin-only
+        tokens = self.tokens
+        assert tokens is not None
+
+        async def authorized(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            metadata = {k: v for k, v in (context.invocation_metadata() or ())
+                        if isinstance(v, str)}
+            principal = _authorize(tokens, bearer_token(metadata), rule, request)
+            if isinstance(principal, tuple):
+                await context.abort(*principal)
+            assert isinstance(principal, Principal)
+            reset = current_principal.set(principal)
+            try:
+                return await behavior(request, context)
+            finally:
+                current_principal.reset(reset)
+
+        return authorized
+
+
+def _authorize(tokens: TokenRegistry, token: str | None, rule: str,
+               request: Any) -> Principal | tuple[grpc.StatusCode, str]:
+    if token is None:
+        return (grpc.StatusCode.UNAUTHENTICATED,
+                "missing bearer token (metadata 'authorization: Bearer <token>')")
+    principal = tokens.authenticate(token)
+    if principal is None:
+        return grpc.StatusCode.UNAUTHENTICATED, "unknown bearer token"
+    if rule == "admin" and not principal.admin:
+        return (grpc.StatusCode.PERMISSION_DENIED,
+                f"token {principal.name!r} is not an admin token")
+    if rule == "scoped" and not principal.may_access(getattr(request, "job_id", "")):
+        return (grpc.StatusCode.PERMISSION_DENIED,
+                f"token {principal.name!r} may not access job {request.job_id!r}")
+    return principal
+
+
+class _Refused:
+    """A request refused before parsing; the reason goes back as INVALID_ARGUMENT."""
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
