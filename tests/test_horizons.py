@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -14,6 +15,7 @@ import grpc
 import pytest
 import redis
 import torch
+from redis_sentinel_harness import SentinelDeployment
 
 from paramsched import Client
 from paramsched.api.v1 import scheduler_pb2 as pb
@@ -221,3 +223,52 @@ def test_a_training_rank_reports_the_end_of_the_plan_it_holds(tmp_path: Path, re
         assert 12 < int(job["held_until"]) <= int(job["issued_until"])
     finally:
         server.stop()
+
+
+def test_a_real_failover_that_lost_a_plan_still_keeps_changes_out_of_it():
+    """Redis Sentinel, no WAIT: the replica misses the write of a 40-iteration plan (it is
+    paused), the master is killed -9 and the replica promoted without it. The next report
+    of the rank that holds the plan brings its signed end back; the change stays out."""
+    with SentinelDeployment() as deployment:
+        server = InProcessServer(redis_url=deployment.url, redis_wait_replicas=0,
+                                 tokens_inline=json.dumps(TOKENS)).start()
+        channel = grpc.insecure_channel(server.target)
+        served = Served(server, pb_grpc.SchedulerServiceStub(channel), lambda _: None)
+        job_key = f"paramsched:{{{JOB}}}:job"
+        try:
+            served.attach(plan_size=4)
+            replica = deployment.replica
+            with redis.Redis(port=replica.port, decode_responses=True) as direct:
+                deadline = time.monotonic() + 10
+                while direct.hget(job_key, "issued_until") != "4":
+                    assert time.monotonic() < deadline, "the replica never got the job"
+                    time.sleep(0.05)
+            # Cut replication (a paused replica would still find the stream in its socket
+            # buffer on resume): the master drops it, and paused it cannot reconnect.
+            replica.pause()
+            with redis.Redis(port=deployment.master_port()) as master:
+                master.execute_command("CLIENT", "KILL", "TYPE", "replica")
+            plan = served.report(2, 0, "", plan_size=40).plan  # on the master only
+            end = plan.start_iteration + plan.num_iterations
+            assert end == 42
+            old = deployment.master_port()
+            deployment.kill_master()
+            replica.resume()
+            new = deployment.wait_for_failover(old)
+            with redis.Redis(port=new, decode_responses=True) as direct:
+                assert direct.hget(job_key, "issued_until") == "4"  # the plan is lost
+            deadline = time.monotonic() + 30
+            while True:  # the server follows the failover; UNAVAILABLE until it has
+                try:
+                    served.report(3, end, plan.horizon_token)
+                    break
+                except grpc.RpcError as exc:
+                    assert exc.code() == grpc.StatusCode.UNAVAILABLE
+                    assert time.monotonic() < deadline
+                    time.sleep(0.2)
+            code, details = refused(lambda: served.change(20))
+            assert code == grpc.StatusCode.OUT_OF_RANGE and "from_iteration" in details
+            assert served.change().from_iteration == end
+        finally:
+            channel.close()
+            server.stop()

@@ -110,7 +110,7 @@ def test_the_default_waits_for_one_replica_when_the_master_has_one(
 
     async def scenario() -> int:
         await store.create(contract.make_record("job-a"))
-        return await store._replicas_to_wait_for()
+        return await store._replicas_to_wait_for(store.job_keys("job-a")[0])
 
     assert store_loop.run(scenario()) == 1
     store_loop.run(store.close())

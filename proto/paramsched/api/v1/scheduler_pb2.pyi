@@ -113,7 +113,7 @@ class Job(_message.Message):
     def __init__(self, job_id: _Optional[str] = ..., spec: _Optional[_Union[JobSpec, _Mapping]] = ..., generation: _Optional[int] = ..., world_size: _Optional[int] = ..., params: _Optional[_Iterable[str]] = ..., num_groups: _Optional[int] = ..., momentum_via_betas: _Optional[bool] = ..., max_iters: _Optional[int] = ..., epoch_length: _Optional[int] = ..., progress: _Optional[_Iterable[_Union[RankProgress, _Mapping]]] = ..., version: _Optional[int] = ..., created_at: _Optional[float] = ..., issued_until: _Optional[int] = ..., num_changes: _Optional[int] = ..., incarnation: _Optional[str] = ..., run_id: _Optional[str] = ...) -> None: ...
 
 class Plan(_message.Message):
-    __slots__ = ("start_iteration", "num_iterations", "params", "num_groups", "values", "generation", "waits_for_epoch", "max_iters", "incarnation", "stride")
+    __slots__ = ("start_iteration", "num_iterations", "params", "num_groups", "values", "generation", "waits_for_epoch", "max_iters", "incarnation", "stride", "horizon_token")
     START_ITERATION_FIELD_NUMBER: _ClassVar[int]
     NUM_ITERATIONS_FIELD_NUMBER: _ClassVar[int]
     PARAMS_FIELD_NUMBER: _ClassVar[int]
@@ -124,6 +124,7 @@ class Plan(_message.Message):
     MAX_ITERS_FIELD_NUMBER: _ClassVar[int]
     INCARNATION_FIELD_NUMBER: _ClassVar[int]
     STRIDE_FIELD_NUMBER: _ClassVar[int]
+    HORIZON_TOKEN_FIELD_NUMBER: _ClassVar[int]
     start_iteration: int
     num_iterations: int
     params: _containers.RepeatedScalarFieldContainer[str]
@@ -134,7 +135,8 @@ class Plan(_message.Message):
     max_iters: int
     incarnation: str
     stride: int
-    def __init__(self, start_iteration: _Optional[int] = ..., num_iterations: _Optional[int] = ..., params: _Optional[_Iterable[str]] = ..., num_groups: _Optional[int] = ..., values: _Optional[_Iterable[float]] = ..., generation: _Optional[int] = ..., waits_for_epoch: _Optional[int] = ..., max_iters: _Optional[int] = ..., incarnation: _Optional[str] = ..., stride: _Optional[int] = ...) -> None: ...
+    horizon_token: str
+    def __init__(self, start_iteration: _Optional[int] = ..., num_iterations: _Optional[int] = ..., params: _Optional[_Iterable[str]] = ..., num_groups: _Optional[int] = ..., values: _Optional[_Iterable[float]] = ..., generation: _Optional[int] = ..., waits_for_epoch: _Optional[int] = ..., max_iters: _Optional[int] = ..., incarnation: _Optional[str] = ..., stride: _Optional[int] = ..., horizon_token: _Optional[str] = ...) -> None: ...
 
 class AttachJobRequest(_message.Message):
     __slots__ = ("job_id", "spec", "world_size", "rank", "plan_size", "run_id", "start_over")
@@ -209,7 +211,7 @@ class DeleteJobResponse(_message.Message):
     def __init__(self, deleted: _Optional[bool] = ...) -> None: ...
 
 class ReportProgressRequest(_message.Message):
-    __slots__ = ("job_id", "generation", "rank", "iteration", "epoch_end", "metrics", "has_metrics", "plan_size", "incarnation", "validation_at")
+    __slots__ = ("job_id", "generation", "rank", "iteration", "epoch_end", "metrics", "has_metrics", "plan_size", "incarnation", "validation_at", "held_until", "horizon_token")
     class MetricsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -227,6 +229,8 @@ class ReportProgressRequest(_message.Message):
     PLAN_SIZE_FIELD_NUMBER: _ClassVar[int]
     INCARNATION_FIELD_NUMBER: _ClassVar[int]
     VALIDATION_AT_FIELD_NUMBER: _ClassVar[int]
+    HELD_UNTIL_FIELD_NUMBER: _ClassVar[int]
+    HORIZON_TOKEN_FIELD_NUMBER: _ClassVar[int]
     job_id: str
     generation: int
     rank: int
@@ -237,7 +241,9 @@ class ReportProgressRequest(_message.Message):
     plan_size: int
     incarnation: str
     validation_at: int
-    def __init__(self, job_id: _Optional[str] = ..., generation: _Optional[int] = ..., rank: _Optional[int] = ..., iteration: _Optional[int] = ..., epoch_end: _Optional[int] = ..., metrics: _Optional[_Mapping[str, float]] = ..., has_metrics: _Optional[bool] = ..., plan_size: _Optional[int] = ..., incarnation: _Optional[str] = ..., validation_at: _Optional[int] = ...) -> None: ...
+    held_until: int
+    horizon_token: str
+    def __init__(self, job_id: _Optional[str] = ..., generation: _Optional[int] = ..., rank: _Optional[int] = ..., iteration: _Optional[int] = ..., epoch_end: _Optional[int] = ..., metrics: _Optional[_Mapping[str, float]] = ..., has_metrics: _Optional[bool] = ..., plan_size: _Optional[int] = ..., incarnation: _Optional[str] = ..., validation_at: _Optional[int] = ..., held_until: _Optional[int] = ..., horizon_token: _Optional[str] = ...) -> None: ...
 
 class ReportProgressResponse(_message.Message):
     __slots__ = ("plan",)
