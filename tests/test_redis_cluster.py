@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import socket
 import threading
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,7 @@ from typing import Any
 import grpc
 import pytest
 import redis
+from failover_harness import check_ranks_agree, train_across_a_failover
 from redis.asyncio.cluster import RedisCluster as AsyncRedisCluster
 from redis.crc import key_slot
 
@@ -309,3 +311,38 @@ def test_a_four_rank_job_on_a_server_backed_by_the_cluster(
         assert server.terminate() == 0
     finally:
         server.stop()
+
+
+def _master_of(cluster: RedisCluster, key: str, avoid: int | None = None) -> int:
+    """The port of the live master serving ``key``'s slot (not ``avoid``)."""
+    slot = key_slot(key.encode())  # (CLUSTER KEYSLOT would ask a node that may be dead)
+    for port in cluster.ports:
+        if port == avoid:
+            continue
+        try:
+            with redis.Redis(host="127.0.0.1", port=port, socket_timeout=2.0) as client:
+                ranges = client.execute_command("CLUSTER SLOTS")
+        except redis.RedisError:
+            continue
+        for start, end, master, *_replicas in ranges:
+            if start <= slot <= end:
+                return int(master[1])
+    raise RuntimeError(f"no node answers CLUSTER SLOTS for slot {slot}")
+
+
+def test_ranks_on_two_servers_agree_across_a_kill_9_of_their_shards_master(
+        tmp_path: Path) -> None:
+    """The job's shard master is SIGKILLed while two ranks train on two servers, with a
+    change before and after; its replica takes over (cluster failover). Every rank
+    applies the same values, equal to the final curve, and no change is lost."""
+    with RedisCluster(masters=3, replicas=1, data_dir=tmp_path / "cluster") as cluster:
+        key = "paramsched:{j}:job"
+        old = _master_of(cluster, key)
+        victim = next(node for node in cluster.nodes if node.port == old)
+        run = train_across_a_failover(cluster.url, victim.kill)
+        deadline = time.monotonic() + 60
+        while _master_of(cluster, key, avoid=old) == old:
+            assert time.monotonic() < deadline, "the shard did not fail over"
+            time.sleep(0.2)
+        print(f"cluster failover: the change after the kill waited {run.outage:.2f} s")
+    check_ranks_agree(run)

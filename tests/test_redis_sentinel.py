@@ -7,14 +7,13 @@ it with ``WAIT`` for the replica after every write.
 from __future__ import annotations
 
 import asyncio
-import threading
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import grpc
 import pytest
 import redis
+from failover_harness import check_ranks_agree, train_across_a_failover
 from redis_sentinel_harness import SentinelDeployment
 from test_reschedule import create, values
 
@@ -24,14 +23,8 @@ from paramsched.server.store.redis_store import SentinelTarget, sentinel_target
 
 import test_store_contract as contract
 from grpc_harness import serving
-from test_service_grpc import decode, spec_proto
 
 Opener = Callable[[], JobStore]
-COSINE_LONG = [dict(type="LinearLR", start_factor=0.1, by_epoch=False, end=4),
-               dict(type="CosineAnnealingLR", T_max=40, by_epoch=True,
-                    convert_to_iter_based=True)]
-HALF = ('[{"type": "ConstantParamScheduler", "param_name": "lr", "factor": 0.5, '
-        '"by_epoch": false}]')
 
 
 @pytest.fixture(scope="module")
@@ -202,83 +195,11 @@ def test_zz_ranks_on_two_servers_agree_across_a_kill_9_failover_with_changes_on_
 ) -> None:
     """Two ranks train on two servers; an admin scales lr before the master is SIGKILLed
     and sets it after; every rank applies the same values, equal to the final curve."""
-    total, plan = 200, 8
-    applied: list[dict[int, list[dict[str, float]]]] = [{}, {}]
-    progress = [0, 0]
-    failures: list[BaseException] = []
-
-    def retried(call: Callable[[], object], started: float, limit: float = 60.0) -> object:
-        while True:  # what the client does with UNAVAILABLE: back off and retry
-            try:
-                return call()
-            except grpc.RpcError as exc:
-                if exc.code() != grpc.StatusCode.UNAVAILABLE:
-                    raise
-                if time.monotonic() - started > limit:
-                    raise
-                time.sleep(0.1)
-
-    with serving(plan_size=plan, redis_url=sentinel_url) as (_, stub_a), \
-            serving(plan_size=plan, redis_url=sentinel_url) as (_, stub_b):
-        stub_a.AttachJob(pb.AttachJobRequest(
-            job_id="j", world_size=2, rank=0,
-            spec=spec_proto(COSINE_LONG, epoch_length=5, max_epochs=total // 5)))
-
-        def rank(r: int, stub: object) -> None:
-            try:
-                it = 0
-                while it < total:
-                    request = pb.ReportProgressRequest(job_id="j", generation=1, rank=r,
-                                                       iteration=it, plan_size=plan)
-                    reply = retried(lambda: stub.ReportProgress(request),  # type: ignore[attr-defined]  # noqa: B023
-                                    time.monotonic())
-                    held = decode(reply.plan)  # type: ignore[attr-defined]
-                    assert held, f"rank {r}: empty plan at {it}"
-                    for k, values in enumerate(held):
-                        applied[r][reply.plan.start_iteration + k] = values  # type: ignore[attr-defined]
-                    it = reply.plan.start_iteration + len(held)  # type: ignore[attr-defined]
-                    progress[r] = it
-                    time.sleep(0.02)
-            except BaseException as exc:  # reported by the main thread
-                failures.append(exc)
-
-        threads = [threading.Thread(target=rank, args=(0, stub_a)),
-                   threading.Thread(target=rank, args=(1, stub_b))]
-        for t in threads:
-            t.start()
-
-        def change(stub: object, request_id: str, **fields: object) -> pb.RescheduleJobResponse:
-            request = pb.RescheduleJobRequest(job_id="j", request_id=request_id, **fields)
-            return retried(lambda: stub.RescheduleJob(request),  # type: ignore[attr-defined]
-                           time.monotonic())  # type: ignore[return-value]
-
-        while min(progress) < 40 and not failures:
-            time.sleep(0.02)
-        first = change(stub_a, "before", mode=pb.RescheduleJobRequest.MULTIPLY, action="scale",
-                       param_scheduler_json=HALF)
-        while min(progress) < 80 and not failures:
-            time.sleep(0.02)
-        old = sentinel.master_port()
-        sentinel.kill_master()
-        killed = time.monotonic()
-        second = change(stub_b, "after", start_values={"lr": 0.001}, action="set")
-        outage = time.monotonic() - killed
-        for t in threads:
-            t.join(120)
-        assert not failures, failures
-        assert sentinel.wait_for_failover(old) != old
-        print(f"failover: the change after the kill waited {outage:.2f} s")
-        final = decode(stub_a.GetValues(pb.GetValuesRequest(job_id="j")).plan)
-        job = stub_b.GetJob(pb.GetJobRequest(job_id="j")).job
-        history = stub_b.GetJobHistory(pb.GetJobHistoryRequest(job_id="j")).entries
-
-    assert first.applied and second.applied and second.from_iteration > first.from_iteration
-    assert sorted(applied[0]) == sorted(applied[1]) == list(range(total))
-    for i in range(total):
-        assert applied[0][i] == applied[1][i] == final[i], i
-    assert job.num_changes == 2
-    assert [e.action for e in history if e.action in ("scale", "set")] == ["scale", "set"]
-    assert final[second.from_iteration][0]["lr"] == 0.001
+    old = sentinel.master_port()
+    run = train_across_a_failover(sentinel_url, sentinel.kill_master)
+    assert sentinel.wait_for_failover(old) != old
+    print(f"failover: the change after the kill waited {run.outage:.2f} s")
+    check_ranks_agree(run)
 
 
 # -- deploy/ ------------------------------------------------------------------------------
