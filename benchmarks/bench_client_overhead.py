@@ -20,9 +20,11 @@ Two measurements, both against MMEngine's local stepping in the same run:
   first 2000 (in every loop alike);
 * whole jobs (``--job-iters``, 4000 by default, as a short fine-tuning job): a fresh
   job per round, timed from the first line of set-up (building MMEngine's schedulers;
-  ``client.attach``, its RPC included) to the end of the last iteration. An attached
-  loop starts on a short plan (``plan_size``, 256) and grows it with the observed
-  iteration rate; this is where a start-up that waits for refills shows.
+  ``client.attach``, its RPC included) to the end of the last iteration, 31 jobs of
+  each kind by default, bare first and the two schedulers in alternating order. An
+  attached loop starts on a short plan (``plan_size``, 256), has a longer one on the
+  wire when ``attach`` returns and grows it with the observed iteration rate; this is
+  where a start-up that waits for refills shows.
 
 The optimizer has two param groups (a weight group and a bias group), as in the
 report that asked for the whole-job figure.
@@ -33,11 +35,15 @@ machine); medians over the rounds. The figure to watch is ``paramsched / mmengin
 (target <= 1.0). Usage:
 
     .venv/bin/python benchmarks/bench_client_overhead.py [--iters 20000] [--rounds 7]
-        [--job-iters 4000] [--job-rounds 15]   # --job-iters 0: steady state only
+        [--job-iters 4000] [--job-rounds 31]   # --job-iters 0: steady state only
         [--target host:port]   # default: start `paramsched serve` on a temp dir
 
 The whole-job figure also prints, per job, how many iterations found their values
-missing from the plan (the loop waited for the network there): 0 is the goal.
+missing from the plan (the loop waited for the network there): 0 is the goal; the
+median ``attach`` time (the server's create-and-first-plan RPC: part of the
+whole-job cost that no client change removes); and the paramsched / MMEngine ratio
+twice, from the medians of the overheads and as the median of each round's ratio
+(rounds alternate which of the two runs first).
 """
 
 from __future__ import annotations
@@ -192,6 +198,7 @@ def whole_job(kind: str, iters: int, client: Client | None = None) -> Timing:
         STALLS.clear()
         handle = client.attach(opt, f"bench-job-{uuid.uuid4().hex[:8]}", CONFIG,
                                epoch_length=EPOCH_LENGTH, max_epochs=iters // EPOCH_LENGTH)
+        ATTACH_SECONDS.append(time.perf_counter() - wall)
 
         def step(t: int) -> None:
             opt.step()
@@ -213,6 +220,8 @@ JOB_KINDS = ("bare", "mmengine", "paramsched")
 #: step before them ended (the loop then waited for the network, unless a pending
 #: ReduceOnPlateau decision was the reason; this config has none).
 STALLS: list[int] = []
+#: wall seconds of each ``attach`` of a whole job (the server's RPC, mostly).
+ATTACH_SECONDS: list[float] = []
 
 
 def count_stalls() -> None:
@@ -238,32 +247,49 @@ def run_jobs(target: str, iters: int, rounds: int) -> dict[str, Any]:
     extra: dict[str, dict[str, list[float]]] = {k: {n: [] for n in JOB_KINDS} for k in TIMES}
     absolute: dict[str, dict[str, list[float]]] = {k: {n: [] for n in JOB_KINDS} for k in TIMES}
     stalls: list[int] = []
+    ratios: dict[str, list[float]] = {k: [] for k in TIMES}
     count_stalls()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         for kind in JOB_KINDS:  # warm-up: imports, connections, caches
             whole_job(kind, iters, client)
-        for _ in range(rounds):
+        ATTACH_SECONDS.clear()
+        for r in range(rounds):
             got = {}
-            for kind in JOB_KINDS:
+            # bare first, then the two schedulers in alternating order: a machine that
+            # speeds up or slows down within a round favours neither.
+            order = ("bare", "mmengine", "paramsched") if r % 2 == 0 else (
+                "bare", "paramsched", "mmengine")
+            for kind in order:
                 got[kind] = whole_job(kind, iters, client)
                 if kind == "paramsched":
                     stalls.append(len(STALLS))
             again = whole_job("bare", iters)
             base = [(got["bare"][i] + again[i]) / 2 for i in range(2)]
             for i, time_kind in enumerate(TIMES):
+                mm = got["mmengine"][i] - base[i]
+                if mm > 0:
+                    ratios[time_kind].append((got["paramsched"][i] - base[i]) / mm)
+            for i, time_kind in enumerate(TIMES):
                 for kind, timing in got.items():
                     absolute[time_kind][kind].append(1e6 * (base[i] if kind == "bare"
                                                             else timing[i]))
                     extra[time_kind][kind].append(1e6 * (timing[i] - base[i]))
     client.close()
-    result: dict[str, Any] = {"iters": iters, "rounds": rounds, "stalls_per_job": stalls}
+    result: dict[str, Any] = {
+        "iters": iters, "rounds": rounds, "stalls_per_job": stalls,
+        "attach_ms_median": 1e3 * statistics.median(ATTACH_SECONDS),
+    }
     for time_kind in TIMES:
         plus = {k: statistics.median(v) for k, v in extra[time_kind].items() if k != "bare"}
         result[time_kind] = {
             "us_per_iter": {k: statistics.median(v) for k, v in absolute[time_kind].items()},
             "overhead_us_per_iter": plus,
             "ratio_paramsched_vs_mmengine": plus["paramsched"] / plus["mmengine"],
+            # The same ratio taken round by round, then the median: a second estimate
+            # that a few noisy rounds move less; the two disagreeing says "noisy run".
+            "ratio_per_round_median": (statistics.median(ratios[time_kind])
+                                       if ratios[time_kind] else float("nan")),
         }
     return result
 
@@ -331,7 +357,8 @@ def main() -> None:
     parser.add_argument("--target", help="a running server (default: start one)")
     parser.add_argument("--job-iters", type=int, default=4000,
                         help="length of each whole job (0: skip the whole-job figure)")
-    parser.add_argument("--job-rounds", type=int, default=15)
+    parser.add_argument("--job-rounds", type=int, default=31,
+                        help="whole jobs per kind (medians over them; default 31)")
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args()
     jobs: dict[str, Any] | None = None
@@ -372,7 +399,9 @@ def main() -> None:
             for name in JOB_KINDS:
                 added = f"  ({extra[name]:+.2f} us)" if name in extra else ""
                 print(f"  {name:<11} {us[name]:8.2f} us/iter{added}")
-            print(f"  paramsched / mmengine overhead: {part['ratio_paramsched_vs_mmengine']:.2f}")
+            print(f"  paramsched / mmengine overhead: {part['ratio_paramsched_vs_mmengine']:.2f}"
+                  f"  (median of per-round ratios: {part['ratio_per_round_median']:.2f})")
+        print(f"attach (its RPC included), median: {jobs['attach_ms_median']:.2f} ms")
         print(f"iterations that waited for a plan, per job: {jobs['stalls_per_job']}")
     if args.json:
         args.json.write_text(json.dumps(result, indent=2) + "\n")

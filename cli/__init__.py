@@ -34,7 +34,7 @@ __all__ = ["ProgressBar", "add_commands", "build_change", "build_request", "load
 
 def main(argv: list[str] | None = None) -> int:
     """The ``paramsched`` console script."""
-    argv = list(sys.argv[1:] if argv is None else argv)
+    argv = hoist_connection_flags(list(sys.argv[1:] if argv is None else argv))
     if argv[:1] == ["serve"]:
         from paramsched.server.app import main as serve_main
 
@@ -42,6 +42,29 @@ def main(argv: list[str] | None = None) -> int:
     args = make_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     return run(args)
+
+
+#: connection flags (with a value) that may also come before the command.
+_CONNECTION_FLAGS = ("--target", "--token", "--timeout", "--tls-ca", "--tls-cert", "--tls-key")
+
+
+def hoist_connection_flags(argv: list[str]) -> list[str]:
+    """``paramsched --target HOST:PORT jobs list`` as ``paramsched jobs list --target
+    HOST:PORT``: the connection flags are the commands' own, and argparse would read a
+    leading ``--target``'s value as the command name ("invalid choice: 'HOST:PORT'")."""
+    moved: list[str] = []
+    i = 0
+    while i < len(argv):
+        name = argv[i].split("=", 1)[0]
+        if name == "--tls" or (name in _CONNECTION_FLAGS and "=" in argv[i]):
+            moved.append(argv[i])
+            i += 1
+        elif name in _CONNECTION_FLAGS and i + 1 < len(argv):
+            moved += argv[i:i + 2]
+            i += 2
+        else:
+            break
+    return argv[i:] + moved if moved and i < len(argv) else argv
 
 
 def run(args: argparse.Namespace) -> int:

@@ -55,6 +55,7 @@ def make_parser() -> argparse.ArgumentParser:
                              f"PARAMSCHED_TARGET; default {DEFAULT_TARGET})")
     health.add_argument("--timeout", type=_positive, default=5.0,
                         help="seconds to wait for the answer (default 5)")
+    health.add_argument("--version", action="version", version=VERSION)
     health.set_defaults(cli_handler=cmd_health)
     add_commands(sub)
     return parser
@@ -116,8 +117,11 @@ def add_commands(sub: Any) -> None:
         p.add_argument("--version", action="version", version=VERSION)
         return p
 
-    jobs = sub.add_parser("jobs", help="list, show, audit and delete jobs",
-                          allow_abbrev=False).add_subparsers(dest="jobs_command", required=True)
+    jobs_parser = sub.add_parser("jobs", help="list, show, audit and delete jobs",
+                                 description="list, show, audit and delete jobs",
+                                 allow_abbrev=False)
+    jobs_parser.add_argument("--version", action="version", version=VERSION)
+    jobs = jobs_parser.add_subparsers(dest="jobs_command", required=True, metavar="COMMAND")
     p = command("list", cmd_jobs_list, "list jobs", [conn], jobs)
     p.add_argument("--prefix", default="", help="only jobs whose id starts with this")
     command("show", cmd_jobs_show, "a job's progress, current values and plan",

@@ -116,6 +116,14 @@ def is_retryable(exc: BaseException) -> bool:
     return isinstance(exc, grpc.RpcError) and _code(exc) in RETRYABLE_CODES
 
 
+def is_retryable_report(exc: BaseException) -> bool:
+    """``is_retryable``, or CANCELLED: for progress reports (idempotent: the values of
+    an iteration never change), which the client never cancels itself, so a CANCELLED
+    one was cut off by a server shutting down mid-call, as a restart does."""
+    return is_retryable(exc) or (isinstance(exc, grpc.RpcError)
+                                 and _code(exc) == grpc.StatusCode.CANCELLED)
+
+
 def _code(exc: grpc.RpcError) -> grpc.StatusCode | None:
     code = getattr(exc, "code", None)
     return code() if callable(code) else None

@@ -13,6 +13,14 @@ while ``optimizer.step()`` of iteration ``t`` runs. Two optimizer hooks keep it 
 Progress and refills travel on a background thread (``reporter.Reporter``). Errors
 from that thread (the job was resumed elsewhere, a rejected report) are raised in the
 training thread at the next step.
+
+Start-up: the plan ``attach`` brings is short (the server computes it inside the
+attach), so a longer one is asked for before ``attach`` returns (the priming refill),
+and while the loop's rate says it will outgrow its young plans, each asks for the next
+on its first step. A refill is handed to the background thread with the GIL (``kick``),
+and while its reply is due the training thread lets it in (``let_reply_in``): a loop
+that never blocks would otherwise keep the GIL until the switch interval, again and
+again, and outrun its plan.
 """
 
 from __future__ import annotations
@@ -40,17 +48,21 @@ from .errors import (
     ResumeRequiredError,
     StaleGenerationError,
     from_rpc_error,
-    is_retryable,
+    is_retryable_report,
 )
 from .optim import Writer, apply_row, metrics_dict, read_values, writers
-from .plan import Plan, PlanSizer, Row, decode_plan
-from .reporter import Reporter
+from .plan import NEVER, SHORT_PLAN, Plan, PlanSizer, Row, decode_plan
+from .reporter import YIELD_EVERY, YIELD_EVERY_LONG, Reporter
 
 STATE_FORMAT = "paramsched.schedule/v2"
 #: formats ``load_state_dict`` reads (v1: unsigned states of earlier versions).
 READABLE_FORMATS = ("paramsched.schedule/v1", STATE_FORMAT)
 
 log = logging.getLogger(__name__)
+
+#: how long a rank that outran its plan waits for the reporter's refill in flight
+#: before it asks the server itself (a healthy server answers in milliseconds).
+IN_FLIGHT_WAIT = 0.5
 
 #: optimizers with a live handle: attaching one twice would count every step twice.
 _ATTACHED: weakref.WeakKeyDictionary[torch.optim.Optimizer, ScheduleHandle] = (
@@ -97,6 +109,10 @@ class ScheduleHandle:
         self._plan_size = plan_size
         self._sizer = PlanSizer(plan_size, max_plan_size, prefetch_seconds)
         self._asked: Plan | None = None  # the plan whose refill was already requested
+        # The attach's plan is short (the server computes it inside the attach); the
+        # reporter asks for a longer one at once, so that the first refill is on its
+        # way before the loop starts rather than after the loop's first steps.
+        self._prime = True
         self._wait_timeout = wait_timeout
         self._lock = threading.Lock()
         self._fatal: BaseException | None = None
@@ -115,12 +131,16 @@ class ScheduleHandle:
             connection, self, report_interval, name=f"paramsched-{self.job_id}-rank{rank}"
         )
         self._wake = self._reporter.wake
+        self._kick = self._reporter.kick
+        self._let_reply_in = self._reporter.let_reply_in
         self.count = count
         self._hooks = [optimizer.register_step_pre_hook(self._pre_step)]
         if count == "optimizer_step":
             self._hooks.append(optimizer.register_step_post_hook(self._post_step))
         _ATTACHED[optimizer] = self
         self._reporter.start()
+        self._asked = self._plan  # the priming refill is this plan's refill
+        self._kick()  # the priming refill (see _prime) is on the wire when attach returns
 
     # ------------------------------------------------------------------ job
 
@@ -139,11 +159,20 @@ class ScheduleHandle:
             self._optimizer, self._params, job.num_groups, job.momentum_via_betas, job.job_id
         ))
         self._adopt(self._decode(plan))
+        self._hold_horizon(plan)
+
+    def _hold_horizon(self, message: scheduler_pb2.Plan) -> None:
+        """Keep the adopted plan's signed end: every report sends it back, so the server
+        starts no change inside it even if its store lost the plan (one tuple, swapped
+        in one assignment: the reporter thread reads it)."""
+        self._horizon = (message.start_iteration + message.num_iterations,
+                         message.horizon_token)
 
     def _decode(self, message: scheduler_pb2.Plan) -> Plan:
         """A wire plan with its writers. A live change may schedule a param the job did
         not schedule at attach, so each plan says which params its rows hold."""
-        plan = decode_plan(message, max_iters=self._max_iters)
+        plan = decode_plan(message, max_iters=self._max_iters,
+                           growing=self._sizer.grows_past(message.num_iterations))
         if plan.n and plan.num_groups != self._job.num_groups:
             raise ParamschedError(
                 f"plan for job {self.job_id!r} has {plan.num_groups} groups, the job "
@@ -176,6 +205,12 @@ class ScheduleHandle:
         if not self._epoch_based or not self._epoch_length:
             return None
         return self._done // self._epoch_length
+
+    @property
+    def finished(self) -> bool:
+        """Whether every iteration of the job has run here (``iteration == max_iters``):
+        a script resumed from the job's last checkpoint has nothing left to train."""
+        return not self._resume_required and self._done >= self._max_iters
 
     @property
     def resume_required(self) -> bool:
@@ -231,9 +266,17 @@ class ScheduleHandle:
             apply_row(self._optimizer, plan.writers, row)
             self._row, self._row_params = row, plan.params
             self._applied = t
-            if t >= plan.refill_at and self._asked is not plan:
-                self._asked = plan
-                self._wake.set()
+            if t >= plan.refill_at:
+                if self._asked is not plan:
+                    self._asked = plan
+                    self._kick()
+                elif not t & 15:
+                    # The refill is on the wire: let its reply in. A long plan's
+                    # reply has time to spare until a quarter of the plan is left.
+                    if plan.n < SHORT_PLAN:
+                        self._let_reply_in(YIELD_EVERY)
+                    elif 4 * k >= 3 * plan.n:
+                        self._let_reply_in(YIELD_EVERY_LONG)
         else:
             self._plan_ran_out(t)
 
@@ -316,6 +359,8 @@ class ScheduleHandle:
             iteration=iteration,
             plan_size=self._sizer.want if plan_size is None else plan_size,
             incarnation=self._incarnation,
+            held_until=self._horizon[0],
+            horizon_token=self._horizon[1],
         )
 
     def _wait_for(self, t: int, *, until_decision: bool = False) -> bool:
@@ -329,6 +374,13 @@ class ScheduleHandle:
         """
         start = time.monotonic()
         backoff = self._conn.backoff()
+        # A refill the reporter already sent is the quickest way to the values: wait
+        # for its reply (once, the GIL released) rather than queue a request behind it;
+        # briefly, as a reply stuck on a server that went away must not use up the
+        # wait (and its warnings) below.
+        reporter: Reporter | None = getattr(self, "_reporter", None)
+        if reporter is not None and not self._apply(t) and not reporter.wait_idle(0):
+            reporter.wait_idle(min(IN_FLIGHT_WAIT, self._wait_timeout))
         # A wait of more than a few seconds is logged (WARNING), then at intervals.
         waiting = self._conn.waiting(
             f"job {self.job_id!r} (rank {self.rank}): values of iteration {t}",
@@ -346,7 +398,7 @@ class ScheduleHandle:
             try:
                 response = self._conn.call_once(self._conn.stub.ReportProgress, self._request(t))
             except grpc.RpcError as exc:
-                if not is_retryable(exc):
+                if not is_retryable_report(exc):
                     raise self._rpc_failed(exc, f"fetching the values of iteration {t}") from None
                 last = exc
                 waiting.failed(exc)
@@ -434,11 +486,14 @@ class ScheduleHandle:
         self._sizer.observe(self._done, self._plan.n)
         done = min(self._done, self._max_iters)
         plan = self._plan
+        prime, self._prime = self._prime and plan.refill_at != NEVER, False
         refill_due = self._done <= self._max_iters and (
-            self._done >= plan.refill_at or not plan.covers(self._done)
+            prime or self._done >= plan.refill_at or not plan.covers(self._done)
         )
         if done == last_sent and not refill_due:
             return None
+        if prime and refill_due:
+            return self._request(done, self._sizer.first)
         # A report that needs no refill asks for a one-iteration plan: nothing to decode.
         return self._request(done, None if refill_due else 1)
 
@@ -459,6 +514,7 @@ class ScheduleHandle:
             new_ok, cur_ok = new.covers(need), cur.covers(need)
             if (new_ok or not cur_ok) and (new.stop >= cur.stop or not cur_ok):
                 self._adopt(new)
+                self._hold_horizon(message)
 
     def fail(self, error: BaseException, generation: int) -> None:
         if generation != self._generation:
@@ -641,9 +697,12 @@ class ScheduleHandle:
             self._fatal = None
             self._resume_required = False
             self._sizer.restart()
+            self._prime = True
         # A checkpoint taken at an epoch end before end_epoch() waits for that decision:
         # the caller may still make it (end_epoch), the next step insists on it.
         self._wait_for(self._done, until_decision=True)
+        self._asked = self._plan
+        self._kick()  # the priming refill
 
     def _check_alive(self) -> None:
         if self._detached:

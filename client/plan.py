@@ -27,19 +27,25 @@ Row = tuple[float, ...]
 NEVER = sys.maxsize
 
 #: a plan of ``SHORT_PLAN_FROM`` to ``SHORT_PLAN`` iterations is refilled once a quarter
-#: of it is used, any other at half. Such a plan is a young one (the client's first
+#: of it is used, any other at half; one that the loop's rate will outgrow (``growing``)
+#: asks on the first step it serves. Such a plan is a young one (the client's first
 #: plans, 256 iterations by default, while the loop's rate is not known yet or the
 #: sizer is still growing them): its refill's round trip and the server's work (which
-#: grows with the next plan's size) are a large part of what it lasts, so it asks
-#: early. A long plan lasts many round trips at any rate; a plan smaller than
-#: ``SHORT_PLAN_FROM`` was asked for (``plan_size``) and already refills often.
+#: grows with the next plan's size), plus the GIL hand-overs the reply needs on a loop
+#: that never blocks, are a large part of what it lasts (asking at a quarter still ran
+#: out on a busy machine), so a fast loop's plans double back to back until a long one
+#: is there; a slow loop's (it will not grow) ask at a quarter, not every step. A long
+#: plan lasts many round trips at any rate; a plan smaller than ``SHORT_PLAN_FROM`` was
+#: asked for (``plan_size``) and already refills often.
 SHORT_PLAN_FROM = 256
 SHORT_PLAN = 2048
 
 
-def refill_after(n: int) -> int:
+def refill_after(n: int, growing: bool = False) -> int:
     """Iterations of an ``n``-iteration plan to run before asking for the next one."""
-    return n // 4 if SHORT_PLAN_FROM <= n < SHORT_PLAN else max(1, n // 2)
+    if SHORT_PLAN_FROM <= n < SHORT_PLAN:
+        return 1 if growing else n // 4
+    return max(1, n // 2)
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,7 +90,7 @@ class Plan:
         ]
 
 
-def decode_plan(message: scheduler_pb2.Plan, *, max_iters: int) -> Plan:
+def decode_plan(message: scheduler_pb2.Plan, *, max_iters: int, growing: bool = False) -> Plan:
     """Copy a wire plan into a ``Plan`` and work out when to ask for the next one.
 
     A refill is wanted once ``refill_after(n)`` of the plan's iterations are used, unless
@@ -106,7 +112,7 @@ def decode_plan(message: scheduler_pb2.Plan, *, max_iters: int) -> Plan:
     stop = start + n
     waits = message.waits_for_epoch if message.HasField("waits_for_epoch") else None
     complete = waits is not None or stop > max_iters or n == 0
-    refill_at = NEVER if complete else start + refill_after(n)
+    refill_at = NEVER if complete else start + refill_after(n, growing)
     return Plan(start, n, values, params, message.num_groups, message.generation, waits,
                 refill_at, max_iters)
 
@@ -132,11 +138,27 @@ class PlanSizer:
         self.maximum = max(minimum, maximum)
         self.prefetch_seconds = prefetch_seconds
         self.want = minimum
+        self.rate: float | None = None  # iterations per second, once measured
         self._mark: tuple[float, int] | None = None
+
+    @property
+    def first(self) -> int:
+        """The size of the refill asked for right after attach (and resume), before
+        any rate is known: four attach-sized plans (a young plan: its own refill is
+        asked on its first step, see ``refill_after``)."""
+        return min(self.maximum, 4 * self.minimum)
+
+    def grows_past(self, n: int) -> bool:
+        """Whether the next plan asked for would be longer than ``n`` iterations (an
+        unmeasured rate counts as fast: the first refill after attach is early)."""
+        if self.rate is None:
+            return self.maximum > n
+        return min(int(self.rate * self.prefetch_seconds), self.maximum) > n
 
     def restart(self, iteration: int | None = None) -> None:
         """Start measuring the rate afresh (at attach and resume)."""
         self._mark = None if iteration is None else (time.monotonic(), iteration)
+        self.rate = None
 
     def observe(self, iteration: int, current_plan: int) -> int:
         """Update the rate with the iteration count now; returns the size to ask for."""
@@ -149,7 +171,7 @@ class PlanSizer:
         # Measured as soon as it means something: a fast loop must not run its first
         # plans at the minimum size (each of their refills would cost it a wait).
         if elapsed >= MIN_RATE_SECONDS and iteration - mark[1] >= MIN_RATE_ITERATIONS:
-            rate = (iteration - mark[1]) / elapsed
+            rate = self.rate = (iteration - mark[1]) / elapsed
             grow = 2 * max(current_plan, self.minimum)
             wanted = min(int(rate * self.prefetch_seconds), grow, self.maximum)
             self.want = max(self.minimum, wanted)

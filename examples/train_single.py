@@ -65,6 +65,14 @@ def main() -> None:
             model.load_state_dict(ckpt["model"])
             optimizer.load_state_dict(ckpt["optimizer"])
             handle.load_state_dict(ckpt["scheduler"])  # values of the next iteration
+        if handle.finished:
+            # Resumed from the checkpoint of a run that completed: say so, train nothing.
+            print(f"job {args.job_id!r} finished at iteration {handle.iteration} "
+                  f"(checkpoint {args.checkpoint}); nothing left to train. To train it "
+                  "again, delete the checkpoint and the job (`paramsched jobs delete "
+                  f"{args.job_id}`), or pass a new --job-id")
+            handle.detach()
+            return
         with handle:
             for epoch in range(handle.iteration // EPOCH_LENGTH, args.epochs):
                 for x, y in data:

@@ -596,6 +596,17 @@ def test_an_unreachable_server_says_how_to_start_or_find_one(capsys: pytest.Capt
     assert "--target" in hint and "PARAMSCHED_TARGET" in hint
 
 
+def test_connection_flags_may_come_before_the_command(server: InProcessServer,
+                                                      capsys: pytest.CaptureFixture[str]):
+    assert paramsched("--target", server.target, "jobs", "list") == 0
+    assert paramsched(f"--target={server.target}", "--timeout", "5", "jobs", "list") == 0
+    capsys.readouterr()
+    # ... and still reach the command's own error handling
+    assert paramsched("--target", "127.0.0.1:1", "jobs", "show", "j") == 1
+    assert capsys.readouterr().err.startswith("error: UNAVAILABLE: cannot reach the "
+                                              "paramsched server at 127.0.0.1:1")
+
+
 def test_jobs_show_counts_groups_in_good_grammar(stub: pb_grpc.SchedulerServiceStub,
                                                  target: str,
                                                  capsys: pytest.CaptureFixture[str]):

@@ -25,7 +25,7 @@ from paramsched.client.optim import (
     read_values,
     writers,
 )
-from paramsched.client.plan import NEVER, decode_plan
+from paramsched.client.plan import NEVER, PlanSizer, decode_plan
 from paramsched.client.ranks import resolve_rank
 from paramsched.client.spec import build_spec, config_json
 
@@ -72,6 +72,22 @@ def test_a_young_plan_asks_for_a_refill_at_a_quarter_any_other_at_half() -> None
     assert decode_plan(_wire_plan(10, 8, 1, ["lr"]), max_iters=100).refill_at == 14
     young = decode_plan(_wire_plan(10, 256, 1, ["lr"]), max_iters=10**6)
     assert young.refill_at == 10 + 64
+    # ... or on its first step when the loop will outgrow it (plans double back to back)
+    growing = decode_plan(_wire_plan(10, 256, 1, ["lr"]), max_iters=10**6, growing=True)
+    assert growing.refill_at == 10 + 1
+    assert decode_plan(_wire_plan(10, 4096, 1, ["lr"]), max_iters=10**6,
+                       growing=True).refill_at == 10 + 2048
+
+
+def test_only_a_loop_fast_enough_to_outgrow_a_plan_grows_it() -> None:
+    sizer = PlanSizer(256, 4096, 2.0)
+    assert sizer.grows_past(1024)  # no rate yet: assume a fast loop
+    sizer.rate = 100.0  # 100 it/s x 2 s = 200 iterations: the minimum serves it
+    assert not sizer.grows_past(256)
+    sizer.rate = 10_000.0
+    assert sizer.grows_past(2048) and not sizer.grows_past(4096)
+    sizer.restart(0)
+    assert sizer.rate is None
     long = decode_plan(_wire_plan(10, 4096, 1, ["lr"]), max_iters=10**6)
     assert long.refill_at == 10 + 2048
 
@@ -287,6 +303,12 @@ def test_only_transport_failures_are_retryable() -> None:
     assert errors.is_retryable(_RpcError(grpc.StatusCode.DEADLINE_EXCEEDED))
     assert not errors.is_retryable(_RpcError(grpc.StatusCode.INVALID_ARGUMENT))
     assert not errors.is_retryable(ValueError())
+    # A progress report cut off by a server shutting down (CANCELLED) is retried too;
+    # a change or an admin call is not (it might have been applied).
+    assert not errors.is_retryable(_RpcError(grpc.StatusCode.CANCELLED))
+    assert errors.is_retryable_report(_RpcError(grpc.StatusCode.CANCELLED))
+    assert errors.is_retryable_report(_RpcError(grpc.StatusCode.UNAVAILABLE))
+    assert not errors.is_retryable_report(_RpcError(grpc.StatusCode.FAILED_PRECONDITION))
 
 
 # --------------------------------------------------------------------------- boundary
