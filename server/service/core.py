@@ -42,7 +42,6 @@ from ..schedules import (
     GroupValues,
     JobSpec,
     MetricsError,
-    Timeline,
 )
 from ..schedules.reschedule import Schedule, build_change, resolved
 from ..store import (
@@ -215,9 +214,10 @@ class SchedulerService:
             self._specs.move_to_end(record.spec_hash)
         return spec
 
-    async def _load(self, record: JobRecord) -> LoadedJob:
+    async def _load(self, record: JobRecord, prebuilt: Schedule | None = None) -> LoadedJob:
         """The job's cached entry, built (parsed spec, schedule with its changes) on a
-        miss: in a worker for a big job, whose build steps every scheduler of every group."""
+        miss: in a worker for a big job, whose build steps every scheduler of every group.
+        ``prebuilt``: the new job's schedule that attach already computed its first plan on."""
         entry = self._jobs.get(record.job_id)
         if (
             entry is not None
@@ -240,9 +240,13 @@ class SchedulerService:
                              record.num_changes, spec,
                              self._schedule(spec, changes, record), changes)
 
-        if cached is None:
-            assert record.spec is not None
-        entry = await self.offload(build) if big else build()
+        if prebuilt is not None and not changes:
+            entry = LoadedJob(record.incarnation, record.spec_hash, record.generation, 0,
+                              prebuilt.spec, prebuilt, changes)
+        else:
+            if cached is None:
+                assert record.spec is not None
+            entry = await self.offload(build) if big else build()
         self._specs[record.spec_hash] = entry.spec
         self._specs.move_to_end(record.spec_hash)
         if len(self._specs) > self.cache_size:
@@ -420,18 +424,25 @@ class SchedulerService:
             spec = await self._parsed(spec_data)
             first = min(size, spec.max_iters + 1, self._plan_cells_cap(spec, len(spec.params)))
 
-            def first_plan() -> tuple[dict[str, Any], str]:
-                try:  # it must compute before anything is stored
-                    Timeline(spec).values_range(0, first, {}, partial=True)
+            def first_plan() -> tuple[dict[str, Any], str, Schedule | None]:
+                canonical = spec.to_dict()
+                spec_hash = content_hash(canonical)
+                if spec_hash in self._specs:  # stored already: its first plan computed
+                    return canonical, spec_hash, None
+                schedule = Schedule(spec)
+                try:  # it must compute before anything is stored (kept for the job's plan)
+                    schedule.values_range(0, first, {})
                 except ConfigError as exc:
                     raise config_error(exc, "spec") from None
-                canonical = spec.to_dict()
-                return canonical, content_hash(canonical)
+                return canonical, spec_hash, schedule
 
-            canonical, spec_hash = await self.offload(first_plan)
+            canonical, spec_hash, prebuilt = await self.offload(first_plan)
+            # A new job is created with this rank joined and its first plan recorded (one
+            # store write); an existing one is joined below.
             fresh = JobRecord(job_id, canonical, spec_hash, world_size=world_size,
                               created_at=time.time(), incarnation=new_incarnation(),
-                              run_id=run_id)
+                              run_id=run_id, progress={rank: 0},
+                              issued_until=0 if start_over else first)
             await self._check_quota(job_id)
             with store_errors():
                 record, created = await self.store.create(fresh)
@@ -452,12 +463,14 @@ class SchedulerService:
             self._specs.setdefault(spec_hash, spec)
             if created:
                 log.info("job created", extra=self._event("created", job_id, rank, 1))
-        entry = await self._load(record)
+        entry = await self._load(record, prebuilt if created else None)
         size = min(size, self._plan_cells_cap(entry.spec, len(entry.schedule.params)))
         issue = min(size, entry.schedule.max_iters + 1)
         # The plan from iteration 0 is handed out too: record it, so no change can alter
         # it (and the rank shows up in the job's progress).
-        if start_over:
+        if created and not start_over:
+            pass  # the created record holds this rank and the plan already
+        elif start_over:
             record = await self._start_over(record, run_id, world_size, rank, issue)
         else:
             run_entry = self._audit_entry("run", 0, record.generation + 1, details={
