@@ -205,3 +205,22 @@ def test_a_preview_in_a_worker_process_equals_the_engine_and_names_bad_fields(
                 max_epochs=None, max_iters=1000)))
         assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
         assert "step_size" in info.value.details()
+
+
+def test_a_killed_preview_worker_is_replaced_and_the_preview_still_answers(
+        tmp_path: Path) -> None:
+    import os
+    import signal
+
+    from paramsched.server.service import previews
+
+    spec = spec_proto([dict(type="CosineAnnealingLR", by_epoch=False)], [{"lr": 0.1}],
+                      max_epochs=None, max_iters=1000)
+    with serving(data_dir=tmp_path) as (_server, stub):
+        first = stub.PreviewSchedule(pb.PreviewScheduleRequest(spec=spec)).plan
+        for executor in previews._pools.values():
+            for pid in list(executor._processes):  # type: ignore[attr-defined]
+                os.kill(pid, signal.SIGKILL)
+        time.sleep(0.5)
+        again = stub.PreviewSchedule(pb.PreviewScheduleRequest(spec=spec)).plan
+        assert list(again.values) == list(first.values)

@@ -5,8 +5,8 @@ job's age. It keeps a few replay states (copies of everything that changes while
 job trains) and answers a query at ``t`` from the latest one at or before ``t``:
 
 * the initial state (iteration 0), always;
-* keyframes: the state at the start of a ``keyframe_interval`` slot, made when a query
-  lands more than one interval past every known state, and seeded ones (``seed``: a
+* keyframes: the states at the starts of the last few ``keyframe_interval`` slots up
+  to a query that lands more than one interval past every known state, and seeded ones (``seed``: a
   keyframe the store or a checkpoint kept, so a cold server starts near the frontier);
   the least recently used are dropped beyond ``max_frames``;
 * cursors: recent query start and end points, since ranks ask for consecutive,
@@ -53,7 +53,7 @@ def same_decision(a: Metrics | None, b: Metrics | None) -> bool:
 class Timeline:
     """The values of every scheduled param of every group at every iteration of a job."""
 
-    max_frames = 6
+    max_frames = 8
     max_cursors = 4
     max_cached_cells = 4096  # 32 KiB of packed values: a plan or more for most jobs
 
@@ -196,15 +196,21 @@ class Timeline:
         decisions = decisions or {}
         self._check_decisions(decisions)
         best = self._best(t)
-        slot = t - t % self.interval
-        if slot - best.iteration >= self.interval:
-            # Far from every kept state: keep the state at t's slot, so the next query
-            # near t replays less than one interval.
+        interval = self.interval
+        slot = t - t % interval
+        if slot - best.iteration >= interval:
+            # Far from every kept state: on the way, keep the states at the last few
+            # slot starts up to t's, so the next queries near t (or a little before it)
+            # replay less than one interval.
             frame = best.copy()
             start = frame.iteration
-            self.replayer.advance(frame, slot, decisions)
-            self._record(frame, decisions, start)
-            self._keep_frame(frame)
+            first = max(slot - (self.max_frames - 1) * interval,
+                        (start // interval + 1) * interval)
+            for boundary in range(first, slot + 1, interval):
+                self.replayer.advance(frame, boundary, decisions)
+                self._record(frame, decisions, start)
+                start = frame.iteration
+                self._keep_frame(frame.copy())
             best = frame
         state = best.copy()
         start = state.iteration

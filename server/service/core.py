@@ -21,6 +21,8 @@ import secrets
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Mapping
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from typing import Any, TypeVar
 
@@ -979,9 +981,18 @@ class SchedulerService:
             stride, page_token, deadline, self.max_values_cells, pages.MAX_CARRIED_LENGTH,
             self.limits)
         if self.preview_processes:
-            executor = previews.pool(self.compute_workers)
-            return await self.offload(
-                lambda: executor.submit(previews.preview_page, request).result())
+            for attempt in range(2):
+                executor = previews.pool(self.compute_workers)
+
+                def in_worker(pool: ProcessPoolExecutor = executor) -> Page:
+                    return pool.submit(previews.preview_page, request).result()
+
+                try:
+                    return await self.offload(in_worker)
+                except BrokenProcessPool:  # a worker was killed: a new pool, once
+                    previews.reset(self.compute_workers)
+                    if attempt:
+                        raise Unavailable("the preview workers keep dying; retry") from None
         work = pages.Work(deadline)
         return await pages.run(work, lambda: previews.preview_page(request), self.offload)
 

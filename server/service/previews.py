@@ -104,6 +104,14 @@ def pool(workers: int) -> ProcessPoolExecutor:
     return found
 
 
+def reset(workers: int) -> None:
+    """Drop the pool of ``workers`` (a worker died: a broken pool refuses all work)."""
+    workers = max(1, min(workers, (os.cpu_count() or 2) - 1))
+    broken = _pools.pop(workers, None)
+    if broken is not None:
+        broken.shutdown(wait=False, cancel_futures=True)
+
+
 @atexit.register
 def _shutdown() -> None:
     for executor in _pools.values():
