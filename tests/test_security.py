@@ -6,6 +6,7 @@ import datetime
 import ipaddress
 import json
 import logging
+import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -301,7 +302,18 @@ def test_prometheus_metrics(secured: Any):
                             metadata=admin)
     with pytest.raises(grpc.RpcError):
         stub.GetJob(pb.GetJobRequest(job_id="m"))
-    text = _scrape(server.parts.metrics_http.server_port)
+    # A refused call is counted as its handler unwinds, which may be a moment after the
+    # client saw the status: scrape until it shows (or fail below).
+    deadline = time.monotonic() + 10
+    while True:
+        text = _scrape(server.parts.metrics_http.server_port)
+        try:
+            _sample(text, "paramsched_rpcs_total", method="GetJob", code="UNAUTHENTICATED")
+            break
+        except AssertionError:
+            if time.monotonic() > deadline:
+                break
+            time.sleep(0.05)
     assert _sample(text, "paramsched_rpcs_total", method="AttachJob", code="OK") == 1
     assert _sample(text, "paramsched_rpcs_total", method="ReportProgress",
                    code="FAILED_PRECONDITION") == 1
