@@ -108,10 +108,7 @@ class Timeline:
 
     def is_cheap(self, t: int) -> bool:
         """Whether ``t`` is at most one keyframe interval from a kept state."""
-        rows = len(self._block) // self._width
-        if self._block_start <= t < self._block_start + rows:
-            return True
-        return t - self._best(t).iteration <= self.interval
+        return self.replay_distance(t) <= self.interval
 
     def replay_distance(self, t: int) -> int:
         """Iterations a query at ``t`` replays before its first value."""

@@ -91,11 +91,16 @@ def _background_priority() -> None:
         os.nice(10)
 
 
+def _pool_size(workers: int) -> int:
+    """At most one process fewer than the CPUs, so the server keeps one."""
+    return max(1, min(workers, (os.cpu_count() or 2) - 1))
+
+
 def pool(workers: int) -> ProcessPoolExecutor:
     """The process pool of ``workers`` processes (at most one fewer than the CPUs, so
     the server keeps one), shared by every service of this process (tests start many).
     Spawned, not forked: the server has threads (gRPC)."""
-    workers = max(1, min(workers, (os.cpu_count() or 2) - 1))
+    workers = _pool_size(workers)
     found = _pools.get(workers)
     if found is None:
         found = _pools[workers] = ProcessPoolExecutor(
@@ -106,8 +111,7 @@ def pool(workers: int) -> ProcessPoolExecutor:
 
 def reset(workers: int) -> None:
     """Drop the pool of ``workers`` (a worker died: a broken pool refuses all work)."""
-    workers = max(1, min(workers, (os.cpu_count() or 2) - 1))
-    broken = _pools.pop(workers, None)
+    broken = _pools.pop(_pool_size(workers), None)
     if broken is not None:
         broken.shutdown(wait=False, cancel_futures=True)
 
