@@ -1,6 +1,8 @@
 """Cold refills: what a server that never saw a job pays to answer it, against a warm one.
 
-A refill is a rank's ``ReportProgress`` that returns its next plan (256 iterations).
+A refill is a rank's ``ReportProgress`` that returns its next plan (256 iterations
+from the report), sent as a rank sends it: with the end of the plan it holds and
+``skip_held``, so the reply holds the iterations the rank does not have yet.
 A server is *warm* for a job when it computed the job's last plan itself; it is *cold*
 after a restart, on another replica, after ``LoadState`` into an empty store, or when
 its job cache evicted the job. Without durable keyframes a cold refill at iteration t
@@ -78,6 +80,12 @@ async def checkpoint_at(t: int, tmp: Path) -> str:
     return state
 
 
+def held(iteration: int) -> dict[str, Any]:
+    """What a rank sends with a report ``PLAN // 2`` iterations after its last one: the
+    end of the plan it holds, and that the reply may leave out what it holds."""
+    return {"held_until": iteration - PLAN // 2 + PLAN, "skip_held": True}
+
+
 async def timed(coro: Any) -> tuple[float, Any]:
     start = time.perf_counter()
     result = await coro
@@ -98,13 +106,15 @@ async def cold_vs_warm(t: int, tmp: Path, repeat: int = 5) -> dict[str, float]:
         for _ in range(3):
             iteration += PLAN // 2
             seconds, _ = await timed(loader.report("job", generation=generation, rank=0,
-                                                   iteration=iteration, plan_size=PLAN))
+                                                   iteration=iteration, plan_size=PLAN,
+                                                   **held(iteration)))
             warm.append(seconds)
         await drained(loader)
         restarted = SchedulerService(store)
         iteration += PLAN // 2
         seconds, _ = await timed(restarted.report("job", generation=generation, rank=0,
-                                                  iteration=iteration, plan_size=PLAN))
+                                                  iteration=iteration, plan_size=PLAN,
+                                                  **held(iteration)))
         cold.append(seconds)
         await store.close()
     return {"load": statistics.median(loads), "warm": statistics.median(warm),
@@ -126,7 +136,7 @@ async def round_robin(n: int, state: str, t: int, tmp: Path, rounds: int = 3) ->
         for i in range(n):
             seconds, _ = await timed(service.report(
                 f"job-{i}", generation=generations[i], rank=0, iteration=t + r * PLAN // 2,
-                plan_size=PLAN))
+                plan_size=PLAN, **held(t + r * PLAN // 2)))
             times.append(seconds)
         await drained(service)
     await store.close()
@@ -151,7 +161,8 @@ async def replicas(state: str, t: int, url: str, rounds: int = 20) -> dict[str, 
         replica = r % 3
         iteration += PLAN // 4
         seconds, _ = await timed(services[replica].report(
-            "job", generation=generation, rank=0, iteration=iteration, plan_size=PLAN))
+            "job", generation=generation, rank=0, iteration=iteration, plan_size=PLAN,
+            held_until=iteration - PLAN // 4 + PLAN, skip_held=True))
         (warm if replica in seen else first).append(seconds)
         seen.add(replica)
         await drained(services[replica])

@@ -130,18 +130,31 @@ class Rank:
         self.plan_size = plan_size
         self.generation = 0
         self.iteration = 0
+        self.held_until = 0  # the end of the plan this rank holds
+
+    def hold(self, plan: pb.Plan) -> None:
+        end = plan.start_iteration + plan.num_iterations
+        if plan.start_iteration <= self.held_until or plan.start_iteration <= self.iteration:
+            self.held_until = max(end, self.held_until)
 
     async def attach(self) -> None:
         reply = await self.stub.AttachJob(pb.AttachJobRequest(
             job_id=self.job_id, spec=job_spec(), world_size=self.world_size, rank=self.rank,
             plan_size=self.plan_size))
         self.generation = reply.job.generation
+        self.hold(reply.plan)
 
     async def report(self) -> pb.ReportProgressResponse:
+        """A report as the client sends it: with the end of the plan held and
+        ``skip_held``, so the reply holds only what the rank does not have."""
+        if self.held_until <= self.iteration or self.held_until > self.iteration + 4096:
+            self.held_until = 0  # the iteration wrapped around: it holds nothing here
         reply: pb.ReportProgressResponse = await self.stub.ReportProgress(
             pb.ReportProgressRequest(job_id=self.job_id, generation=self.generation,
                                      rank=self.rank, iteration=self.iteration,
-                                     plan_size=self.plan_size))
+                                     plan_size=self.plan_size, held_until=self.held_until,
+                                     skip_held=True))
+        self.hold(reply.plan)
         return reply
 
     async def close(self) -> None:
@@ -286,7 +299,8 @@ def main() -> None:
     lines = table(closed, (
         f"Two `paramsched serve` processes on one Redis (AOF everysec), ranks alternating "
         f"between them; {mode}; a report every {args.report_every} iterations asking for "
-        f"{args.plan_size} iterations of plan (2 groups x 2 params); {args.seconds:g} s "
+        f"{args.plan_size} iterations of plan (2 groups x 2 params), with the end of the "
+        f"plan held and `skip_held` as the client sends them; {args.seconds:g} s "
         f"per cell; {os.cpu_count()} CPUs shared by the client, both servers and Redis. "
         "Server CPU = both server processes together. Ratios against the 1 rank x 1 job "
         "cell of this run."), closed[0])

@@ -51,7 +51,7 @@ from .errors import (
     is_retryable_report,
 )
 from .optim import Writer, apply_row, metrics_dict, read_values, writers
-from .plan import NEVER, SHORT_PLAN, Plan, PlanSizer, Row, decode_plan
+from .plan import NEVER, SHORT_PLAN, Plan, PlanSizer, Row, decode_plan, joined
 from .reporter import YIELD_EVERY, YIELD_EVERY_LONG, Reporter
 
 STATE_FORMAT = "paramsched.schedule/v2"
@@ -113,6 +113,9 @@ class ScheduleHandle:
         # reporter asks for a longer one at once, so that the first refill is on its
         # way before the loop starts rather than after the loop's first steps.
         self._prime = True
+        # A reply that continues the held plan in another layout (a live change added a
+        # param) cannot be appended: the next request asks for a whole plan.
+        self._ask_whole = False
         self._wait_timeout = wait_timeout
         self._lock = threading.Lock()
         self._fatal: BaseException | None = None
@@ -139,8 +142,10 @@ class ScheduleHandle:
             self._hooks.append(optimizer.register_step_post_hook(self._post_step))
         _ATTACHED[optimizer] = self
         self._reporter.start()
-        self._asked = self._plan  # the priming refill is this plan's refill
-        self._kick()  # the priming refill (see _prime) is on the wire when attach returns
+        # The priming refill (see _prime) is on the wire when attach returns, as this
+        # plan's refill; a first plan as long as a primed one is refilled as any other.
+        self._asked = self._plan if self._primes(self._plan) else None
+        self._kick()
 
     # ------------------------------------------------------------------ job
 
@@ -361,6 +366,7 @@ class ScheduleHandle:
             incarnation=self._incarnation,
             held_until=self._horizon[0],
             horizon_token=self._horizon[1],
+            skip_held=not self._ask_whole,
         )
 
     def _wait_for(self, t: int, *, until_decision: bool = False) -> bool:
@@ -486,7 +492,7 @@ class ScheduleHandle:
         self._sizer.observe(self._done, self._plan.n)
         done = min(self._done, self._max_iters)
         plan = self._plan
-        prime, self._prime = self._prime and plan.refill_at != NEVER, False
+        prime, self._prime = self._prime and self._primes(plan), False
         refill_due = self._done <= self._max_iters and (
             prime or self._done >= plan.refill_at or not plan.covers(self._done)
         )
@@ -497,24 +503,41 @@ class ScheduleHandle:
         # A report that needs no refill asks for a one-iteration plan: nothing to decode.
         return self._request(done, None if refill_due else 1)
 
+    def _primes(self, plan: Plan) -> bool:
+        """Whether a priming refill would bring more than ``plan`` holds (it asks for
+        ``first`` iterations, and its reply leaves out what the rank holds)."""
+        return plan.refill_at != NEVER and self._sizer.first > plan.stop - self._done
+
     def merge_plan(self, message: scheduler_pb2.Plan) -> None:
         """Adopt ``message`` if it is of this generation and reaches further.
 
         Values never change within a generation, so any plan that covers the next
-        iteration is as good as another; keep the one that lasts longest.
+        iteration is as good as another; keep the one that lasts longest. A reply to a
+        ``skip_held`` request starts where the held plan ends: it is appended.
         """
         if message.generation != self._generation or message.incarnation != self._incarnation:
             return
         new = self._decode(message)
+        whole = True
         with self._lock:
             if new.generation != self._generation or message.incarnation != self._incarnation:
                 return
             need = self._done
             cur = self._plan
+            if cur.covers(need) and need < new.start <= cur.stop and (
+                    new.n or new.waits_for_epoch is not None):
+                if new.n == 0 or (new.params == cur.params and new.num_groups == cur.num_groups):
+                    new = joined(cur, need, new, self._sizer.grows_past(new.stop - need))
+                    whole = False
+                else:
+                    self._ask_whole = True
+                    self._asked = None  # the next step past refill_at asks again, whole
             new_ok, cur_ok = new.covers(need), cur.covers(need)
             if (new_ok or not cur_ok) and (new.stop >= cur.stop or not cur_ok):
                 self._adopt(new)
                 self._hold_horizon(message)
+                if whole:
+                    self._ask_whole = False
 
     def fail(self, error: BaseException, generation: int) -> None:
         if generation != self._generation:
@@ -701,7 +724,7 @@ class ScheduleHandle:
         # A checkpoint taken at an epoch end before end_epoch() waits for that decision:
         # the caller may still make it (end_epoch), the next step insists on it.
         self._wait_for(self._done, until_decision=True)
-        self._asked = self._plan
+        self._asked = self._plan if self._primes(self._plan) else None
         self._kick()  # the priming refill
 
     def _check_alive(self) -> None:

@@ -117,6 +117,20 @@ def decode_plan(message: scheduler_pb2.Plan, *, max_iters: int, growing: bool = 
                 refill_at, max_iters)
 
 
+def joined(held: Plan, start: int, new: Plan, growing: bool = False) -> Plan:
+    """``held`` from iteration ``start`` on, continued by ``new``: the reply to a
+    ``skip_held`` request, which starts where the rank's plan ends (or, after another
+    plan was adopted meanwhile, inside it: values never change, so the overlap agrees).
+    ``new`` has ``held``'s layout, or no values."""
+    assert held.start <= start < new.start <= held.stop
+    width = held.width
+    values = held.values[(start - held.start) * width : (new.start - held.start) * width]
+    n = new.stop - start
+    refill_at = NEVER if new.refill_at == NEVER else start + refill_after(n, growing)
+    return Plan(start, n, values + new.values, held.params, held.num_groups, new.generation,
+                new.waits_for_epoch, refill_at, new.max_iters, held.writers)
+
+
 #: a rate is measured over at least this long and this many iterations.
 MIN_RATE_SECONDS = 0.001
 MIN_RATE_ITERATIONS = 16

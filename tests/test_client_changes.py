@@ -3,8 +3,10 @@ job did not schedule at attach, or extend training past the length the rank saw.
 
 from __future__ import annotations
 
+import time
 import warnings
 from pathlib import Path
+from typing import Any
 
 import grpc
 import torch
@@ -66,3 +68,45 @@ def test_a_change_may_extend_training(tmp_path: Path):
     assert not any("last values are held" in w for w in warned)  # no "past the end"
     lrs = [lr for lr, _ in seen]
     assert lrs[59] < lrs[30] < lrs[reply.from_iteration]  # the stretched cosine goes on
+
+
+def test_a_new_param_reaching_a_rank_that_holds_a_plan_is_asked_for_whole(
+        tmp_path: Path, monkeypatch: Any):
+    """A rank appends skip_held replies to the plan it holds; when a change gives the
+    reply another layout (a new param), it asks again for a whole plan, and every value
+    it uses is still the job's."""
+    from paramsched.client.handle import ScheduleHandle
+
+    sent: list[tuple[int, bool]] = []
+    request = ScheduleHandle._request
+
+    def spied(self: Any, iteration: int, plan_size: int | None = None) -> Any:
+        message = request(self, iteration, plan_size)
+        sent.append((message.iteration, message.skip_held))
+        return message
+
+    monkeypatch.setattr(ScheduleHandle, "_request", spied)
+    server = InProcessServer(data_dir=tmp_path, plan_size=64).start()
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(2))], lr=0.1, weight_decay=1e-4)
+    seen = []
+    try:
+        with grpc.insecure_channel(server.target) as channel, \
+                Client(server.target, plan_size=64, max_plan_size=64,
+                       prefetch_seconds=0.0) as client:
+            stub = pb_grpc.SchedulerServiceStub(channel)
+            client.attach(opt, "whole", CONFIG, max_iters=200)
+            for i in range(200):
+                seen.append((opt.param_groups[0]["lr"], opt.param_groups[0]["weight_decay"]))
+                opt.step()
+                time.sleep(0.002)  # slow enough that every refill comes before it is needed
+                if i == 1:
+                    reply = stub.RescheduleJob(pb.RescheduleJobRequest(
+                        job_id="whole", start_values={"weight_decay": 0.05}, action="set"))
+            values = stub.GetValues(pb.GetValuesRequest(job_id="whole")).plan
+    finally:
+        server.stop()
+    expected = [(step[0]["lr"], step[0].get("weight_decay", 1e-4)) for step in decode(values)]
+    assert seen == expected[:200]
+    s = reply.from_iteration
+    assert [wd for _, wd in seen] == [1e-4] * s + [0.05] * (200 - s)
+    assert any(skip for _, skip in sent) and any(not skip for _, skip in sent[1:])

@@ -262,6 +262,45 @@ def test_an_evicted_job_loads_again_from_its_keyframe_not_from_zero(tmp_path: Pa
     store_loop.run(scenario())
 
 
+def test_skip_held_plans_continue_the_held_one_and_a_cold_server_replays_nothing(
+        open_store: Any, store_loop: Any) -> None:
+    """A rank that holds [t, held) gets [held, t + plan_size) only, equal bit for bit to
+    the tail of the whole plan; the keyframe stored is the plan's last state, so the
+    next server (a restart, a replica) computes the next plan without replaying."""
+    async def scenario() -> None:
+        warm = _service(open_store(), keyframe_every=256)
+        await warm.attach("held", SPEC, world_size=1, rank=0, plan_size=256, run_id="r1")
+        generation = (await warm.get("held")).record.generation
+        held = 256
+        for t in range(128, 40_000, 128):
+            plan = await warm.report("held", generation=generation, rank=0, iteration=t,
+                                     plan_size=256, held_until=held, skip_held=True)
+            assert plan.start == held and len(plan.values) == t + 256 - held
+            held = t + 256
+        whole = await warm.values("held", t, held)
+        assert bits(_rows(plan)) == bits(_rows(whole))[plan.start - t:]
+        await _drain(warm)
+        kept = await warm.store.keyframe("held")
+        assert kept is not None and held - 1 - kept.iteration < 256
+        cold = _service(open_store())
+        t += 128
+        again = await cold.report("held", generation=generation, rank=0, iteration=t,
+                                  plan_size=256, held_until=held, skip_held=True)
+        assert again.start == held
+        assert _replayed(cold, "held", held) <= 256
+        expected = await warm.values("held", held, t + 256)
+        assert bits(_rows(again)) == bits(_rows(expected))
+        # A rank past its plan gets a whole plan; one that holds all it asks for, none.
+        behind = await cold.report("held", generation=generation, rank=0, iteration=t + 10,
+                                   plan_size=8, held_until=t, skip_held=True)
+        assert behind.start == t + 10 and len(behind.values) == 8
+        ahead = await cold.report("held", generation=generation, rank=0, iteration=t + 10,
+                                  plan_size=8, held_until=t + 256, skip_held=True)
+        assert ahead.start == t + 18 and ahead.values == []
+
+    store_loop.run(scenario())
+
+
 def test_a_report_far_past_every_plan_is_refused_with_resource_exhausted(
         tmp_path: Path, store_loop: Any) -> None:
     from paramsched.server.errors import ResourceExhausted

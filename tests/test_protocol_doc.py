@@ -100,6 +100,41 @@ def test_a_training_loop_that_follows_the_document(stub: pb_grpc.SchedulerServic
     assert rows(again) == expected[3:7]
 
 
+def test_appending_plans_with_skip_held_as_documented(stub: pb_grpc.SchedulerServiceStub):
+    expected = engine_values(WARMUP_COSINE)
+    job = stub.AttachJob(pb.AttachJobRequest(job_id="doc-append", spec=spec_proto(WARMUP_COSINE),
+                                             world_size=1, rank=0, run_id="run-1",
+                                             plan_size=6)).job
+    held: list[list[dict[str, float]]] = []  # the plan held, from iteration start
+    start = done = held_until = 0
+    applied = []
+    while done < job.max_iters:
+        if done - start >= len(held) or done + 3 >= held_until:  # refill before it runs out
+            plan = stub.ReportProgress(pb.ReportProgressRequest(
+                job_id="doc-append", generation=job.generation, incarnation=job.incarnation,
+                rank=0, iteration=done, plan_size=6, held_until=held_until,
+                skip_held=True)).plan
+            if held_until > done:  # the reply continues the held plan: append it
+                assert plan.start_iteration == min(held_until, done + 6)
+                held = held[done - start:] + rows(plan)
+            else:
+                assert plan.start_iteration == done
+                held = rows(plan)
+            start, held_until = done, done + len(held)
+        applied.append(held[done - start])
+        done += 1
+    assert applied == expected[:20]
+    # A rank that holds all it asks for gets nothing; skip_held = false, a whole plan.
+    empty = stub.ReportProgress(pb.ReportProgressRequest(
+        job_id="doc-append", generation=job.generation, rank=0, iteration=3, plan_size=4,
+        held_until=10, skip_held=True)).plan
+    assert (empty.start_iteration, empty.num_iterations) == (7, 0)
+    whole = stub.ReportProgress(pb.ReportProgressRequest(
+        job_id="doc-append", generation=job.generation, rank=0, iteration=3, plan_size=4,
+        held_until=10)).plan
+    assert rows(whole) == expected[3:7]
+
+
 def test_a_plan_waits_for_an_epochs_metrics_and_one_report_unlocks_it(
         stub: pb_grpc.SchedulerServiceStub):
     spec = spec_proto(PLATEAU, epoch_length=5, max_epochs=4)

@@ -942,17 +942,34 @@ class TestRedisJobStore:
         self, redis_url: str, store_loop: asyncio.Runner, monkeypatch: pytest.MonkeyPatch
     ) -> None:
         store = RedisJobStore(redis_url)
-        sent: list[str] = []
-        execute_command = aioredis.Redis.execute_command
+        # What goes over the wire: each write (a round trip) and the commands in it.
+        # (Reports travel as a batch of packed commands, not through execute_command.)
+        writes: list[list[str]] = []
+        connection = aioredis.connection.AbstractConnection
+        send_packed = connection.send_packed_command
 
-        async def counting(self: aioredis.Redis, *args: Any, **options: Any) -> Any:
-            sent.append(str(args[0]).upper())
-            return await execute_command(self, *args, **options)
+        def command_names(data: bytes) -> list[str]:
+            names, at = [], 0
+            while at < len(data):  # *N\r\n then N bulk strings $len\r\n...\r\n
+                end = data.index(b"\r\n", at)
+                count, at = int(data[at + 1:end]), end + 2
+                for i in range(count):
+                    end = data.index(b"\r\n", at)
+                    size, at = int(data[at + 1:end]), end + 2
+                    if i == 0:
+                        names.append(data[at:at + size].decode().upper())
+                    at += size + 2
+            return names
+
+        async def counting_send(self: Any, command: Any, *args: Any, **options: Any) -> Any:
+            data = command if isinstance(command, bytes) else b"".join(command)
+            writes.append(command_names(data))
+            return await send_packed(self, command, *args, **options)
 
         async def scenario() -> JobRecord:
             await store.create(make_record())
             await store.report("job-a", generation=1, rank=0, iteration=1)  # loads the script
-            monkeypatch.setattr(aioredis.Redis, "execute_command", counting)
+            monkeypatch.setattr(connection, "send_packed_command", counting_send)
             record = await store.report(
                 "job-a", generation=1, rank=0, iteration=2, decision=(0, {"acc": 0.5}),
                 issue_until=10, known_spec_hash=SPEC_HASH,
@@ -962,7 +979,7 @@ class TestRedisJobStore:
             return record
 
         record = store_loop.run(scenario())
-        assert sent == ["EVALSHA"]
+        assert writes == [["EVALSHA"]]
         assert record.spec is None and record.progress == {0: 2} and record.issued_until == 10
 
     def test_list_skips_index_entries_whose_job_is_gone(

@@ -68,11 +68,8 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):
         if handler is None or not handler.unary_unary:
             return handler
         name = method[len(SERVICE_PREFIX):]
-        behavior = handler.unary_unary
-        if self.tokens is not None:
-            behavior = self._authorized(name, behavior)
         wrapped = grpc.unary_unary_rpc_method_handler(
-            self._counted(name, self._checked(behavior)),
+            self._wrapped(name, handler.unary_unary),
             request_deserializer=self._deserializer(name, handler.request_deserializer),
             response_serializer=handler.response_serializer)
         self._handlers[method] = wrapped
@@ -96,54 +93,62 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):
 
         return deserialize
 
-    @staticmethod
-    def _checked(behavior: Behavior) -> Behavior:
-        async def checked(request: Any, context: grpc.aio.ServicerContext) -> Any:
-            if isinstance(request, _Refused):
-                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, request.reason)
-            return await behavior(request, context)
-
-        return checked
-
-    # -- metrics -------------------------------------------------------------------------
-    def _counted(self, name: str, behavior: Behavior) -> Behavior:
+    # -- the chain: metrics, raw checks, authentication ------------------------------------
+    def _wrapped(self, name: str, behavior: Behavior) -> Behavior:
+        """``behavior`` counted (latency, status code), behind the raw request checks and
+        (with tokens) authentication, in ONE coroutine: a layer per concern would cost
+        every RPC a coroutine each, on the event loop that serves them all. The metric
+        children are looked up once per method (prometheus' ``labels()`` hashes and
+        locks on every call), a status code's on its first use."""
         latency = self.metrics.rpc_latency.labels(name)
         rpcs = self.metrics.rpcs
+        by_code: dict[Any, Any] = {}
 
-        async def counted(request: Any, context: grpc.aio.ServicerContext) -> Any:
-            start = time.perf_counter()
-            code = grpc.StatusCode.OK
-            try:
-                return await behavior(request, context)
-            except BaseException:
-                code = context.code() or grpc.StatusCode.UNKNOWN
-                raise
-            finally:
-                latency.observe(time.perf_counter() - start)
-                rpcs.labels(name, code.name if hasattr(code, "name") else str(code)).inc()
+        def counter(code: Any) -> Any:
+            child = by_code.get(code)
+            if child is None:
+                child = by_code[code] = rpcs.labels(
+                    name, code.name if hasattr(code, "name") else str(code))
+            return child
 
-        return counted
-
-    # -- authentication ------------------------------------------------------------------
-    def _authorized(self, name: str, behavior: Behavior) -> Behavior:
-        rule = METHOD_RULES.get(name, "admin")  # a method without a rule is admin-only
+        ok = grpc.StatusCode.OK
+        clock = time.perf_counter
         tokens = self.tokens
-        assert tokens is not None
+        rule = METHOD_RULES.get(name, "admin")  # a method without a rule is admin-only
 
-        async def authorized(request: Any, context: grpc.aio.ServicerContext) -> Any:
-            metadata = {k: v for k, v in (context.invocation_metadata() or ())
-                        if isinstance(v, str)}
-            principal = _authorize(tokens, bearer_token(metadata), rule, request)
-            if isinstance(principal, tuple):
-                await context.abort(*principal)
-            assert isinstance(principal, Principal)
-            reset = current_principal.set(principal)
+        async def handle(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            start = clock()
             try:
-                return await behavior(request, context)
-            finally:
-                current_principal.reset(reset)
+                if isinstance(request, _Refused):
+                    await context.abort(grpc.StatusCode.INVALID_ARGUMENT, request.reason)
+                if tokens is None:
+                    result = await behavior(request, context)
+                else:
+                    result = await _authorized(tokens, rule, behavior, request, context)
+            except BaseException:
+                latency.observe(clock() - start)
+                counter(context.code() or grpc.StatusCode.UNKNOWN).inc()
+                raise
+            latency.observe(clock() - start)
+            counter(ok).inc()
+            return result
 
-        return authorized
+        return handle
+
+
+async def _authorized(tokens: TokenRegistry, rule: str, behavior: Behavior, request: Any,
+                      context: grpc.aio.ServicerContext) -> Any:
+    """``behavior`` as the request's authenticated principal, or the call aborted."""
+    metadata = {k: v for k, v in (context.invocation_metadata() or ()) if isinstance(v, str)}
+    principal = _authorize(tokens, bearer_token(metadata), rule, request)
+    if isinstance(principal, tuple):
+        await context.abort(*principal)
+    assert isinstance(principal, Principal)
+    reset = current_principal.set(principal)
+    try:
+        return await behavior(request, context)
+    finally:
+        current_principal.reset(reset)
 
 
 def _authorize(tokens: TokenRegistry, token: str | None, rule: str,

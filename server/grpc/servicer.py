@@ -12,6 +12,8 @@ import json
 import logging
 import time
 from collections.abc import Awaitable, Callable
+from itertools import chain
+from operator import itemgetter
 from typing import Any, TypeVar
 
 import grpc
@@ -138,19 +140,34 @@ def spec_to_proto(data: dict[str, Any]) -> pb.JobSpec:
     return spec
 
 
-def plan_to_proto(plan: Plan) -> pb.Plan:
-    flat = [group[p] for step in plan.values for group in step for p in plan.params]
-    message = pb.Plan(
-        start_iteration=plan.start,
-        num_iterations=len(plan.values),
-        params=plan.params,
-        num_groups=plan.num_groups,
-        values=flat,
-        generation=plan.generation,
-        max_iters=plan.max_iters,
-        incarnation=plan.incarnation,
-        horizon_token=plan.horizon_token,
-    )
+def flat_values(plan: Plan) -> list[float]:
+    """The plan's values, iteration-major, then group, then param (``Plan.values``'s
+    layout on the wire), gathered by C-level iteration: a per-value Python loop is most
+    of a small plan's conversion, which every report pays on the event loop."""
+    params = plan.params
+    groups = chain.from_iterable(plan.values)
+    if len(params) == 1:
+        (name,) = params
+        return [group[name] for group in groups]
+    if not params:
+        return []
+    return list(chain.from_iterable(map(itemgetter(*params), groups)))
+
+
+def plan_to_proto(plan: Plan, message: pb.Plan | None = None) -> pb.Plan:
+    """``plan`` as a proto Plan; into ``message`` (e.g. a reply's own field, which saves
+    copying a finished Plan into the reply) when given."""
+    if message is None:
+        message = pb.Plan()
+    message.start_iteration = plan.start
+    message.num_iterations = len(plan.values)
+    message.params.extend(plan.params)
+    message.num_groups = plan.num_groups
+    message.values.extend(flat_values(plan))
+    message.generation = plan.generation
+    message.max_iters = plan.max_iters
+    message.incarnation = plan.incarnation
+    message.horizon_token = plan.horizon_token
     if plan.waits_for_epoch is not None:
         message.waits_for_epoch = plan.waits_for_epoch
     return message
@@ -161,11 +178,23 @@ def plan_to_proto(plan: Plan) -> pb.Plan:
 INLINE_PLAN_CELLS = 16_384
 
 
+def _inline(plan: Plan) -> bool:
+    return len(plan.values) * plan.num_groups * len(plan.params) <= INLINE_PLAN_CELLS
+
+
 async def converted(convert: Callable[[Any], pb.Plan], plan: Plan) -> pb.Plan:
     """``convert(plan)``, off the event loop when the plan is big."""
-    if len(plan.values) * plan.num_groups * len(plan.params) <= INLINE_PLAN_CELLS:
+    if _inline(plan):
         return convert(plan)
     return await asyncio.to_thread(convert, plan)
+
+
+async def plan_into(message: pb.Plan, plan: Plan) -> None:
+    """``plan`` converted into ``message`` (a reply's field), off the loop when big."""
+    if _inline(plan):
+        plan_to_proto(plan, message)
+    else:
+        message.CopyFrom(await asyncio.to_thread(plan_to_proto, plan))
 
 
 def page_to_proto(page: Page) -> pb.Plan:
@@ -252,8 +281,11 @@ class SchedulerServicer(pb_grpc.SchedulerServiceServicer):
             request.job_id, generation=request.generation, rank=request.rank,
             iteration=request.iteration, epoch_end=epoch_end, validation_at=validation_at,
             metrics=metrics, plan_size=request.plan_size, incarnation=request.incarnation,
-            held_until=request.held_until, horizon_token=request.horizon_token)
-        return pb.ReportProgressResponse(plan=await converted(plan_to_proto, plan))
+            held_until=request.held_until, horizon_token=request.horizon_token,
+            skip_held=request.skip_held)
+        response = pb.ReportProgressResponse()
+        await plan_into(response.plan, plan)
+        return response
 
     @_mapped
     async def GetValues(self, request: pb.GetValuesRequest,

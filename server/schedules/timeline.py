@@ -55,7 +55,7 @@ class Timeline:
 
     max_frames = 8
     max_cursors = 4
-    max_cached_cells = 4096  # 32 KiB of packed values: a plan or more for most jobs
+    max_cached_cells = 1024  # 8 KiB of packed values: the plan every rank of a job asks for
 
     def __init__(self, spec: JobSpec, keyframe_interval: int = 512) -> None:
         if keyframe_interval < 1:

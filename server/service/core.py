@@ -73,6 +73,7 @@ from .checkpoints import (
     check_change_data,
     parse_state,
 )
+from .firstplans import FirstPlans
 from .inputs import (
     Limits,
     check_job_id,
@@ -145,10 +146,12 @@ class SchedulerService:
         self.default_plan_size = default_plan_size
         self.max_plan_size = max_plan_size
         self.cache_size = cache_size
-        # A plan that starts this far past the job's stored keyframe makes a new one,
-        # which the job's next report stores in its own write (no extra round trip).
+        # A plan handed to a rank that ends this far past the job's stored keyframe
+        # stores its last state as the new one (one write per interval, off the reply).
         self.keyframe_every = keyframe_every
         self._background: set[asyncio.Task[None]] = set()
+        # New jobs' first plans by spec: a spec computed before is copied, not replayed.
+        self._first_plan_copies = FirstPlans(max_entries=cache_size)
         # A plan holds at most this many values (iterations x groups x params, or x
         # schedulers when more): a job with many groups or schedulers gets shorter plans,
         # so no plan costs more than a bounded replay.
@@ -289,15 +292,6 @@ class SchedulerService:
                     log.warning("stored keyframe of job %r ignored: %s", record.job_id, exc)
             entry.warmed = True
 
-    @staticmethod
-    def _keyframe_to_store(entry: LoadedJob) -> Keyframe | None:
-        """The keyframe a report of ``entry`` stores in its own write, if one is due."""
-        pending = entry.pending
-        if pending is None or pending["iteration"] <= entry.durable:
-            return None
-        return Keyframe(entry.incarnation, entry.generation, int(pending["iteration"]),
-                        canonical_json(pending))
-
     def _keep_keyframe(self, job_id: str, entry: LoadedJob, keyframe: dict[str, Any]) -> None:
         """Store ``keyframe`` in the background; a failure only costs a longer replay."""
         iteration = int(keyframe["iteration"])
@@ -338,11 +332,12 @@ class SchedulerService:
         return min(plan_size or self.default_plan_size, self.max_plan_size)
 
     async def _plan(self, entry: LoadedJob, record: JobRecord, start: int, stop: int, *,
-                    frontier: bool = False) -> Plan:
+                    frontier: bool = False, held: int = 0) -> Plan:
         """The plan for [start, stop): computed inline when cheap (near a keyframe or a
         recent query), else in a worker thread, so a long replay never stalls the other
         jobs' reports or the health checks. ``frontier``: a plan handed to a rank, whose
-        start may become the job's stored keyframe."""
+        end may become the job's stored keyframe. ``held``: the rank holds the values
+        below it (``skip_held``), so the plan starts there and continues the rank's."""
         schedule = entry.schedule
         stop = min(stop, schedule.max_iters + 1,
                    start + self._plan_cells_cap(entry.spec, len(schedule.params)))
@@ -350,14 +345,20 @@ class SchedulerService:
             raise InvalidArgument(
                 f"iteration {start} is past the end of training ({schedule.max_iters})",
                 field="iteration")
+        start = min(max(start, held), stop)
         await self._warm(entry, record)
-        newest = entry.pending["iteration"] if entry.pending is not None else entry.durable
-        want_keyframe = frontier and start - newest >= self.keyframe_every
+        durable = entry.durable
 
         def compute() -> tuple[list[GroupValues], dict[str, Any] | None]:
-            values = self._values(entry, record, start, stop)
-            keyframe = (entry.schedule.keyframe(start, record.decisions)
-                        if want_keyframe and values else None)
+            values = self._values(entry, record, start, stop) if start < stop else []
+            # The state at the plan's last iteration: the next plan of a rank that holds
+            # this one starts right after it, so a server that never saw the job (a
+            # restart, a replica, an eviction) continues from there, replaying nothing.
+            # It is a cursor now, so taking it costs one copy.
+            last = start + len(values) - 1
+            keyframe = (entry.schedule.keyframe(last, record.decisions)
+                        if frontier and values and last - durable >= self.keyframe_every
+                        else None)
             return values, keyframe
 
         if entry.schedule.is_cheap(start) and entry.lock.acquire(blocking=False):
@@ -372,7 +373,7 @@ class SchedulerService:
 
             values, keyframe = await self.offload(locked)
         if keyframe is not None:
-            entry.pending = keyframe  # stored with the next report of this job
+            self._keep_keyframe(record.job_id, entry, keyframe)
         self._jobs.recount(record.job_id, entry)
         plan = plan_of(entry.spec, entry.schedule, start, stop, values, record.generation,
                        record.incarnation)
@@ -426,19 +427,7 @@ class SchedulerService:
             spec = await self._parsed(spec_data)
             first = min(size, spec.max_iters + 1, self._plan_cells_cap(spec, len(spec.params)))
 
-            def first_plan() -> tuple[dict[str, Any], str, Schedule | None]:
-                canonical = spec.to_dict()
-                spec_hash = content_hash(canonical)
-                if spec_hash in self._specs:  # stored already: its first plan computed
-                    return canonical, spec_hash, None
-                schedule = Schedule(spec)
-                try:  # it must compute before anything is stored (kept for the job's plan)
-                    schedule.values_range(0, first, {})
-                except ConfigError as exc:
-                    raise config_error(exc, "spec") from None
-                return canonical, spec_hash, schedule
-
-            canonical, spec_hash, prebuilt = await self.offload(first_plan)
+            canonical, spec_hash, prebuilt = await self._first_plan(spec, first)
             # A new job is created with this rank joined and its first plan recorded (one
             # store write); an existing one is joined below.
             fresh = JobRecord(job_id, canonical, spec_hash, world_size=world_size,
@@ -466,6 +455,10 @@ class SchedulerService:
             if created:
                 log.info("job created", extra=self._event("created", job_id, rank, 1))
         entry = await self._load(record, prebuilt if created else None)
+        if created:
+            # A new incarnation: no keyframe in the store can be its own, so the first
+            # plan needs no keyframe read (``_warm`` would find none that fits).
+            entry.warmed = True
         size = min(size, self._plan_cells_cap(entry.spec, len(entry.schedule.params)))
         issue = min(size, entry.schedule.max_iters + 1)
         # The plan from iteration 0 is handed out too: record it, so no change can alter
@@ -502,6 +495,58 @@ class SchedulerService:
         plan = await self._plan(entry, record, 0, size, frontier=True)
         self.events.plan_issued(job_id, len(plan.values))
         return Attachment(JobView.of(record, entry), created, plan)
+
+    async def _first_plan(self, spec: JobSpec, first: int) -> tuple[dict[str, Any], str,
+                                                                      Schedule]:
+        """A new job's canonical spec, its hash, and its schedule with the first plan's
+        ``first`` iterations computed: it must compute before anything is stored, and
+        the job's plans continue from it. A spec computed before (by any job of this
+        process) is not replayed again: its schedule is copied (``FirstPlans``)."""
+        plans = self._first_plan_copies
+        configs, groups = len(spec.schedulers), spec.num_groups
+        if configs * groups <= 256:  # a small spec: its hash and a copy are cheap inline
+            canonical = spec.to_dict()
+            spec_hash = content_hash(canonical)
+            copied = plans.get(spec_hash, spec, first)
+            if copied is not None:
+                self._extend_first_plans(spec, spec_hash, first)
+                return canonical, spec_hash, copied
+
+        def compute() -> tuple[dict[str, Any], str, Schedule, bool]:
+            canonical = spec.to_dict()
+            spec_hash = content_hash(canonical)
+            schedule = plans.get(spec_hash, spec, first)
+            if schedule is not None:
+                return canonical, spec_hash, schedule, True
+            try:
+                return canonical, spec_hash, plans.compute(spec, spec_hash, first), False
+            except ConfigError as exc:
+                raise config_error(exc, "spec") from None
+
+        canonical, spec_hash, schedule, copied_ = await self.offload(compute)
+        if copied_:
+            self._extend_first_plans(spec, spec_hash, first)
+        return canonical, spec_hash, schedule
+
+    def _extend_first_plans(self, spec: JobSpec, spec_hash: str, first: int) -> None:
+        """A spec attached again: its copy goes on to the end of the first refill (in
+        the background, once), so the next jobs' first refills replay nothing either.
+        Not at a spec's first job: a spec seen once costs no more than before (its
+        job's own first refill computes those iterations meanwhile)."""
+        plans = self._first_plan_copies
+        ahead = plans.ahead(spec, first)
+        if plans.computed(spec_hash) >= ahead or not plans.start_extending(spec_hash):
+            return
+
+        async def extend() -> None:
+            try:
+                await self.offload(lambda: plans.extend(spec_hash, spec, ahead))
+            except ConfigError as exc:  # the jobs' own refills will say so
+                log.debug("first plans of spec %s not extended: %s", spec_hash, exc)
+
+        task = asyncio.get_running_loop().create_task(extend())
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
 
     def _check_run(self, run_id: str, world_size: int, rank: int) -> None:
         if not isinstance(run_id, str) or not RUN_ID_PATTERN.fullmatch(run_id):
@@ -654,6 +699,7 @@ class SchedulerService:
         validation_at: int | None = None,
         held_until: int = 0,
         horizon_token: str = "",
+        skip_held: bool = False,
     ) -> Plan:
         """Record a rank's progress (and an epoch's decision); return its next plan.
 
@@ -664,6 +710,9 @@ class SchedulerService:
         rank of a job that was deleted and created again, or lost by the store.
         ``held_until`` / ``horizon_token``: the end of the plan the rank holds and the
         server's signature of it (``Plan.horizon_token``); see ``_claimed_horizon``.
+        ``skip_held``: the plan leaves out the values below ``held_until`` (the rank holds
+        them; the claim needs no trust here: a rank that claims more only starves
+        itself): it starts at ``max(iteration, held_until)`` and the rank appends it.
         """
         check_job_id(job_id)
         if not 0 <= rank < self.limits.max_world_size:
@@ -693,12 +742,10 @@ class SchedulerService:
         held = self._claimed_horizon(job_id, entry, generation, incarnation, held_until,
                                      horizon_token)
         decision = self._decision(entry, iteration, epoch_end, metrics, validation_at)
-        keyframe = self._keyframe_to_store(entry)
         with store_errors():
             try:
                 record = await self.store.report(
                     job_id, generation=generation, rank=rank, iteration=iteration,
-                    keyframe=keyframe,
                     finished_at=time.time() if iteration >= entry.schedule.max_iters else 0.0,
                     decision=decision,
                     issue_until=min(iteration + size, entry.schedule.max_iters + 1,
@@ -731,10 +778,8 @@ class SchedulerService:
                 record.spec = entry.spec.to_dict()
             entry = await self._load(record)
         entry.frontier = max(entry.frontier, record.issued_until)
-        if keyframe is not None and entry.pending is not None and \
-                entry.pending["iteration"] == keyframe.iteration:
-            entry.durable, entry.pending = keyframe.iteration, None
-        plan = await self._plan(entry, record, iteration, iteration + size, frontier=True)
+        plan = await self._plan(entry, record, iteration, iteration + size, frontier=True,
+                                held=held_until if skip_held else 0)
         self.events.job_reported(job_id)
         self.events.plan_issued(job_id, len(plan.values))
         return plan

@@ -155,28 +155,33 @@ def encode_token(bound: str, state: str, next_point: int,
         body = canonical_json({**fields, "k": keyframe}).encode()
         # (doubles in JSON compress about 2:1 at best: a far larger state is not tried)
         if len(body) <= 4 * limit:
-            raw = _COMPRESSED + zlib.compress(body + b"." + _checksum(body).encode(), 9)
-            token = base64.urlsafe_b64encode(raw).decode().rstrip("=")
+            token = _encoded(_COMPRESSED + zlib.compress(body, 9))
             if len(token) <= limit:
                 return token
-    body = canonical_json(fields).encode()
-    raw = body + b"." + _checksum(body).encode()
+    return _encoded(canonical_json(fields).encode())
+
+
+def _encoded(head: bytes) -> str:
+    """``head`` and its checksum, in URL-safe base64. The checksum covers the bytes as
+    sent (compressed ones too: deflate ignores the spare bits of its last byte, so a
+    checksum of the inflated body would let another spelling of the token pass)."""
+    raw = head + b"." + _checksum(head).encode()
     return base64.urlsafe_b64encode(raw).decode().rstrip("=")
 
 
-def _payload(raw: bytes) -> bytes | None:
-    """A token's checked bytes: as sent, or decompressed (at most ``MAX_PAYLOAD`` bytes,
+def _body(head: bytes) -> bytes | None:
+    """A checked token's JSON body: as sent, or inflated (at most ``MAX_PAYLOAD`` bytes,
     so a small token cannot make the server inflate a large one)."""
-    if not raw.startswith(_COMPRESSED):
-        return raw
+    if not head.startswith(_COMPRESSED):
+        return head
     inflate = zlib.decompressobj()
     try:
-        payload = inflate.decompress(raw[len(_COMPRESSED):], MAX_PAYLOAD)
+        body = inflate.decompress(head[len(_COMPRESSED):], MAX_PAYLOAD)
     except zlib.error:
         return None
     if inflate.unconsumed_tail or not inflate.eof or inflate.unused_data:
         return None
-    return payload
+    return body
 
 
 def read_token(token: str, request: Window, bound: str,
@@ -193,9 +198,9 @@ def read_token(token: str, request: Window, bound: str,
         raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
         # Exactly the encoding we write: no other spelling of the same bytes passes.
         exact = base64.urlsafe_b64encode(raw).decode().rstrip("=") == token
-        payload = _payload(raw) if exact else None
-        body, _, checksum = (payload or b"").rpartition(b".")
-        data = json.loads(body) if payload and checksum.decode() == _checksum(body) else None
+        head, _, checksum = raw.rpartition(b".")
+        body = _body(head) if exact and checksum.decode() == _checksum(head) else None
+        data = json.loads(body) if body else None
     except (ValueError, binascii.Error, UnicodeDecodeError, RecursionError):
         data = None
     if not isinstance(data, dict) or data.get("v") != _TOKEN_VERSION or set(data) not in (

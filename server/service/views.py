@@ -116,12 +116,11 @@ class LoadedJob:
     # Held while the schedule's caches are read or extended (inline or in a thread).
     lock: threading.Lock = field(default_factory=threading.Lock)
     # The stored keyframe was read (``warmed``; under ``warming``, once per entry), and
-    # the iteration of the latest keyframe this process knows is stored (-1: none).
+    # the iteration of the latest keyframe this process knows is stored (0: none; the
+    # initial state is every schedule's own, so a keyframe at 0 is never stored).
     warmed: bool = False
     warming: asyncio.Lock = field(default_factory=asyncio.Lock)
-    durable: int = -1
-    # A keyframe at a plan's start, to store with this job's next report (one write).
-    pending: dict[str, Any] | None = None
+    durable: int = 0
     # The highest ``issued_until`` this process saw: reports far past it are refused.
     frontier: int = 0
     frontier_read: float = -1e9  # when ``frontier`` was last read from the store

@@ -254,7 +254,6 @@ class JobStore(Protocol):
         known_spec_hash: str = "",
         known_changes: int = -1,
         incarnation: str | None = None,
-        keyframe: Keyframe | None = None,
         finished_at: float = 0.0,
         held_until: int = 0,
     ) -> JobRecord:
@@ -268,7 +267,6 @@ class JobStore(Protocol):
         ``issue_until``; bumps ``version``. Returns the record after the change, with
         ``spec=None`` when ``known_spec_hash`` equals the stored ``spec_hash`` and
         ``changes=None`` when ``known_changes`` equals the stored ``num_changes``.
-        ``keyframe`` is kept as ``save_keyframe`` would, in the same write.
         ``finished_at`` (> 0) is stored unless the job has one already; ``join`` of a
         new run, ``load_state`` and ``reschedule`` clear it. ``held_until`` raises the
         job's ``held_until`` (the caller checked the claim).

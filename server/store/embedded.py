@@ -350,6 +350,33 @@ class EmbeddedJobStore:
             return None
         (spec, spec_hash, generation, version, world_size, created_at, issued, resumed,
          incarnation, run_id, finished_at, held_until) = row
+        progress, decisions, num_changes, changes = EmbeddedJobStore._children(
+            conn, job_id, known_changes)
+        return JobRecord(
+            job_id=job_id,
+            spec=json.loads(spec) if with_spec else None,
+            spec_hash=spec_hash,
+            generation=generation,
+            version=version,
+            world_size=world_size,
+            created_at=float(created_at),
+            issued_until=issued,
+            progress=progress,
+            decisions=decisions,
+            resumed_from=resumed,
+            changes=changes,
+            num_changes=num_changes,
+            incarnation=incarnation,
+            run_id=run_id,
+            finished_at=float(finished_at),
+            held_until=int(held_until),
+        )
+
+    @staticmethod
+    def _children(conn: sqlite3.Connection, job_id: str, known_changes: int) -> tuple[
+            dict[int, int], dict[int, Metrics | None], int, JsonObjects | None]:
+        """A job's progress, decisions, number of changes, and the changes unless the
+        caller holds ``known_changes`` of them (None then)."""
         progress = conn.execute(
             "SELECT rank, iterations FROM progress WHERE job_id = ?", (job_id,)
         ).fetchall()
@@ -363,25 +390,9 @@ class EmbeddedJobStore:
         if num_changes != known_changes:
             changes = [json.loads(data) for (data,) in conn.execute(
                 "SELECT data FROM changes WHERE job_id = ? ORDER BY seq", (job_id,))]
-        return JobRecord(
-            job_id=job_id,
-            spec=json.loads(spec) if with_spec else None,
-            spec_hash=spec_hash,
-            generation=generation,
-            version=version,
-            world_size=world_size,
-            created_at=float(created_at),
-            issued_until=issued,
-            progress={int(rank): int(iterations) for rank, iterations in progress},
-            decisions={int(epoch): json.loads(metrics) for epoch, metrics in decisions},
-            resumed_from=resumed,
-            changes=changes,
-            num_changes=int(num_changes),
-            incarnation=incarnation,
-            run_id=run_id,
-            finished_at=float(finished_at),
-            held_until=int(held_until),
-        )
+        return ({int(rank): int(iterations) for rank, iterations in progress},
+                {int(epoch): json.loads(metrics) for epoch, metrics in decisions},
+                int(num_changes), changes)
 
     @classmethod
     def _read_existing(
@@ -519,7 +530,6 @@ class EmbeddedJobStore:
         known_spec_hash: str = "",
         known_changes: int = -1,
         incarnation: str | None = None,
-        keyframe: Keyframe | None = None,
         finished_at: float = 0.0,
         held_until: int = 0,
     ) -> JobRecord:
@@ -529,37 +539,55 @@ class EmbeddedJobStore:
         )
 
         def op(conn: sqlite3.Connection) -> JobRecord:
+            # The job's row, read once: what the checks need, and the fields of the
+            # record returned, which this transaction alone may change (it holds the
+            # write lock), so they are updated here rather than read again. The spec
+            # only when the caller does not hold it.
             row = conn.execute(
-                "SELECT generation, spec_hash, incarnation, world_size FROM jobs "
-                "WHERE job_id = ?", (job_id,)
+                "SELECT CASE WHEN ? <> '' AND spec_hash = ? THEN NULL ELSE spec END, "
+                "spec_hash, generation, version, world_size, created_at, issued_until, "
+                "resumed_from, incarnation, run_id, finished_at, held_until FROM jobs "
+                "WHERE job_id = ?", (known_spec_hash, known_spec_hash, job_id)
             ).fetchone()
             if row is None:
                 raise JobNotFound(job_id)
-            stored_generation, spec_hash, stored_incarnation, world_size = row
+            (spec, spec_hash, stored_generation, version, world_size, created_at, issued,
+             resumed, stored_incarnation, run_id, stored_finished, stored_held) = row
             if incarnation is not None and stored_incarnation != incarnation:
                 raise IncarnationMismatch(job_id, incarnation, stored_incarnation)
             if stored_generation != generation:
                 raise StaleGeneration(job_id, generation, stored_generation)
             if world_size and rank >= world_size:
                 raise RankOutOfRange(job_id, rank, world_size)
-            self._record_progress(conn, job_id, rank, iteration, issue_until)
+            conn.execute(
+                "INSERT INTO progress (job_id, rank, iterations) VALUES (?, ?, ?) "
+                "ON CONFLICT (job_id, rank) "
+                "DO UPDATE SET iterations = max(iterations, excluded.iterations)",
+                (job_id, int(rank), int(iteration)),
+            )
             if decision_row is not None:
                 conn.execute(
                     "INSERT INTO decisions (job_id, epoch, metrics) VALUES (?, ?, ?) "
                     "ON CONFLICT (job_id, epoch) DO NOTHING",
                     (job_id, *decision_row),
                 )
-            if keyframe is not None:
-                self._keep_keyframe(conn, job_id, keyframe)
-            if finished_at > 0:
-                conn.execute("UPDATE jobs SET finished_at = ? WHERE job_id = ? AND "
-                             "finished_at = 0", (float(finished_at), job_id))
-            if held_until > 0:
-                conn.execute("UPDATE jobs SET held_until = max(held_until, ?) WHERE job_id = ?",
-                             (int(held_until), job_id))
-            with_spec = not (known_spec_hash and known_spec_hash == spec_hash)
-            return self._read_existing(conn, job_id, with_spec=with_spec,
-                                       known_changes=known_changes)
+            issued = max(issued, int(issue_until))
+            version += 1
+            finished = float(finished_at) if finished_at > 0 and stored_finished == 0 \
+                else float(stored_finished)
+            held = max(int(stored_held), int(held_until))
+            conn.execute(
+                "UPDATE jobs SET issued_until = ?, version = ?, finished_at = ?, "
+                "held_until = ? WHERE job_id = ?", (issued, version, finished, held, job_id))
+            progress, decisions, num_changes, changes = self._children(
+                conn, job_id, known_changes)
+            return JobRecord(
+                job_id=job_id, spec=json.loads(spec) if spec is not None else None,
+                spec_hash=spec_hash, generation=stored_generation, version=version,
+                world_size=world_size, created_at=float(created_at), issued_until=issued,
+                progress=progress, decisions=decisions, resumed_from=resumed,
+                changes=changes, num_changes=num_changes, incarnation=stored_incarnation,
+                run_id=run_id, finished_at=finished, held_until=held)
 
         return await self._run(op, write=True)
 

@@ -21,7 +21,11 @@ Why it is shaped like this:
   save_keyframe) is ONE Lua script, a file in ``lua/`` registered once per store; keys
   travel in ``KEYS`` only. A script runs atomically, so
   concurrent reports from many ranks and many server replicas never lose an update,
-  and a report is a single round trip.
+  and a report is a single round trip. Reports that arrive while one is in flight
+  share the next round trip (one write of their scripts, then one ``WAIT``): a
+  server's reports per second are bounded by its one event loop, not by Redis, and
+  redis-py's per-command work is most of a report's cost there
+  (``RedisJobStore._queue_report``; on a cluster, reports go one by one).
 * Values are stored as strings Python wrote: integers as ``str(int)``, floats as
   ``repr(float)`` and metrics/specs as canonical JSON, so every float round-trips
   bit-exactly. The scripts only compare integers (``tonumber`` is exact below 2**53)
@@ -116,6 +120,13 @@ CLUSTER_SCHEMES = {"redis+cluster": "redis", "rediss+cluster": "rediss"}
 SENTINEL_SCHEMES = {"redis+sentinel": False, "rediss+sentinel": True}
 # How often the default ``wait_replicas`` re-reads whether the master has replicas.
 _AUTO_WAIT_RECHECK_S = 5.0
+# Report pipelines in flight at once, and reports in one (``RedisJobStore._queue_report``).
+_MAX_PIPELINES = 1
+_MAX_BATCH = 64
+# Event-loop turns a pipeline waits for more reports before it goes out: under load
+# each turn starts more RPCs (gRPC accepts about one per turn), so pipelines grow and
+# round trips fall; idle, a turn costs microseconds.
+_GATHER_TURNS = 3
 
 def _lua(name: str) -> str:
     """The Lua script ``lua/<name>.lua``; a script whose reply is a job record gets the
@@ -244,6 +255,21 @@ def _flat_to_dict(flat: Sequence[str]) -> dict[str, str]:
     return dict(zip(flat[::2], flat[1::2], strict=True))
 
 
+def _int_pairs(flat: Sequence[str]) -> dict[int, int]:
+    """A flat ``HGETALL`` reply of integers as a dict (progress: rank -> iterations)."""
+    return dict(zip(map(int, flat[::2]), map(int, flat[1::2]), strict=True))
+
+
+@dataclass
+class _QueuedReport:
+    """A report script call waiting for the next pipeline (``_queue_report``)."""
+
+    keys: list[str]
+    args: list[str]
+    wait: bool  # its write must be confirmed by the replicas (``WAIT``)
+    future: asyncio.Future[Any]
+
+
 def _record(job_id: str, reply: Sequence[Any]) -> JobRecord:
     """Build a JobRecord from ``read_job``'s reply (strings, decode_responses=True)."""
     fields, spec, progress, decisions, num_changes, changes = reply
@@ -258,8 +284,9 @@ def _record(job_id: str, reply: Sequence[Any]) -> JobRecord:
         world_size=int(world_size),
         created_at=float(created_at),
         issued_until=int(issued_until),
-        progress={int(k): int(v) for k, v in _flat_to_dict(progress).items()},
-        decisions={int(k): json.loads(v) for k, v in _flat_to_dict(decisions).items()},
+        progress=_int_pairs(progress),
+        decisions=({int(k): json.loads(v) for k, v in _flat_to_dict(decisions).items()}
+                   if decisions else {}),
         resumed_from=resumed,
         changes=[json.loads(c) for c in changes] if changes is not None else None,
         num_changes=int(num_changes),
@@ -347,6 +374,12 @@ class RedisJobStore:
         self._delete_script = self._redis.register_script(_DELETE_SCRIPT)
         self._reschedule_script = self._redis.register_script(_RESCHEDULE_SCRIPT)
         self._save_keyframe_script = self._redis.register_script(_SAVE_KEYFRAME_SCRIPT)
+        # Reports waiting for the next pipeline, on the event loop that queued them.
+        self._queued: list[_QueuedReport] = []
+        self._queue_loop: asyncio.AbstractEventLoop | None = None
+        self._senders = 0  # tasks sending queued reports (at most _MAX_PIPELINES)
+        self._report_keys: dict[str, list[str]] = {}  # job id -> its keys (never mutated)
+        self._batches: set[asyncio.Task[None]] = set()
 
     @staticmethod
     def _sentinel(target: SentinelTarget, options: dict[str, Any]) -> Sentinel:
@@ -437,6 +470,108 @@ class RedisJobStore:
             await self._redis.nodes_manager.initialize()
             raise
         return commands[0].result, commands[1].result
+
+    async def _queue_report(self, keys: list[str], args: list[str], wait: bool) -> Any:
+        """The report script's reply, from a pipeline shared with other reports.
+
+        Sending each report on its own costs redis-py's per-call work (a connection
+        out of the pool and back, a write, a wake-up per reply) on the server's one
+        event loop, which is what limits a server's reports per second. So at most
+        ``_MAX_PIPELINES`` pipelines are in flight: a report that finds fewer starts
+        one, which goes out after ``_GATHER_TURNS`` turns of the event loop (the
+        reports of the RPCs being started join it); the others queue, and the next
+        pipeline takes every report queued meanwhile, with ONE ``WAIT`` after them
+        when any needs it (``WAIT`` counts the replicas that acknowledged every earlier
+        write of its connection, and a pipeline runs on one connection, so it confirms
+        them all). Each script stays atomic on its own, and each caller is answered
+        only after its own write (and, if it waits, its confirmation) came back."""
+        loop = asyncio.get_running_loop()
+        if self._queue_loop is not loop:  # (a store outliving its first event loop)
+            self._queue_loop, self._queued, self._senders = loop, [], 0
+        future: asyncio.Future[Any] = loop.create_future()
+        self._queued.append(_QueuedReport(keys, args, wait, future))
+        if self._senders < _MAX_PIPELINES:
+            self._senders += 1
+            task = loop.create_task(self._send_queued())
+            self._batches.add(task)
+            task.add_done_callback(self._batches.discard)
+        return await future
+
+    async def _send_queued(self) -> None:
+        """Send the queued reports, a pipeline at a time, until none are left."""
+        loop = asyncio.get_running_loop()
+        try:
+            while self._queued:
+                for _turn in range(_GATHER_TURNS):
+                    if len(self._queued) >= _MAX_BATCH:
+                        break
+                    await asyncio.sleep(0)  # the reports of the RPCs ready now join in
+                batch = self._queued[:_MAX_BATCH]
+                del self._queued[:_MAX_BATCH]
+                await self._send_batch(batch)
+        except BaseException as exc:  # cancelled (the loop is closing): so are they
+            queued, self._queued = self._queued, []
+            for item in queued:
+                if not item.future.done():
+                    item.future.set_exception(exc)
+            raise
+        finally:
+            if self._queue_loop is loop:  # (not a sender of a loop left behind)
+                self._senders -= 1
+
+    async def _send_batch(self, batch: list[_QueuedReport]) -> None:
+        """Run ``batch``'s scripts in one pipeline; every future gets its reply or error."""
+        try:
+            await self._pipelined(batch)
+        except BaseException as exc:  # the whole pipeline failed: so did every report
+            for item in batch:
+                if not item.future.done():
+                    item.future.set_exception(exc)
+            if not isinstance(exc, Exception):
+                raise
+
+    async def _pipelined(self, batch: list[_QueuedReport]) -> None:
+        """One redis-py pipeline (no transaction: each script is atomic on its own) of
+        the batch's scripts, then one ``WAIT`` when any of them needs it."""
+        batch = [item for item in batch if not item.future.done()]  # (callers gone)
+        if not batch:
+            return
+        script = self._report_script
+        replicas = 0
+        if any(item.wait for item in batch):
+            replicas = await self._replicas_to_wait_for(batch[0].keys[0])
+        timeout_ms = max(1, int(self.wait_timeout * 1000))
+        todo = batch
+        for _attempt in range(3):
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for item in todo:
+                    pipe.evalsha(script.sha, len(item.keys), *item.keys, *item.args)
+                if replicas:
+                    pipe.execute_command("WAIT", replicas, timeout_ms)
+                replies = await pipe.execute(raise_on_error=False)
+            acked = replies[-1] if replicas else replicas
+            again: list[_QueuedReport] = []
+            for item, reply in zip(todo, replies, strict=False):
+                if isinstance(reply, redis_errors.NoScriptError):
+                    again.append(item)  # the Redis lost its scripts (a restart)
+                elif item.future.done():  # the caller was cancelled (the write happened)
+                    continue
+                elif isinstance(reply, Exception):
+                    item.future.set_exception(reply)
+                elif item.wait and replicas and isinstance(acked, Exception):
+                    item.future.set_exception(acked)
+                elif item.wait and int(acked) < replicas:
+                    self._auto_checked = -1e9  # maybe the replica is gone: look again
+                    item.future.set_exception(StoreUnavailable(
+                        f"redis: report was not confirmed by {replicas} replica(s) within "
+                        f"{self.wait_timeout:g} s (only {acked}); retry"))
+                else:
+                    item.future.set_result(reply)
+            if not again:
+                return
+            await self._redis.script_load(script.script)
+            todo = again
+        raise StoreError("redis error during report: script could not be loaded")
 
     @asynccontextmanager
     async def _backend(self, what: str) -> AsyncIterator[None]:
@@ -568,7 +703,6 @@ class RedisJobStore:
         known_spec_hash: str = "",
         known_changes: int = -1,
         incarnation: str | None = None,
-        keyframe: Keyframe | None = None,
         finished_at: float = 0.0,
         held_until: int = 0,
     ) -> JobRecord:
@@ -587,20 +721,26 @@ class RedisJobStore:
             str(int(known_changes)),
             "0" if incarnation is None else "1",
             incarnation or "",
-            *(["1", keyframe.incarnation, str(int(keyframe.iteration)), keyframe.data]
-              if keyframe is not None and keyframe.generation == generation
-              else ["0", "", "0", ""]),
             repr(float(finished_at)),
             str(int(held_until)),
         ]
-        keys = [*self.job_keys(job_id), self.keyframe_key(job_id)]
-        async with self._backend("report"):
-            # WAIT only where a plan is handed out or a decision recorded: progress alone
-            # lost to a failover is reported again by the rank.
-            if issue_until > 0 or decision is not None:
-                reply = await self._write(self._report_script, keys, args, "report")
-            else:
-                reply = await self._report_script(keys=keys, args=args)
+        keys = self._report_keys.get(job_id)
+        if keys is None:  # (every report of a job has the same keys: built once)
+            if len(self._report_keys) >= 4096:
+                self._report_keys.clear()
+            keys = self._report_keys[job_id] = self.job_keys(job_id)
+        # WAIT only where a plan is handed out or a decision recorded: progress alone
+        # lost to a failover is reported again by the rank.
+        wait = issue_until > 0 or decision is not None
+        if not self.cluster:
+            with _backend_errors("report"):  # (``_backend`` less its cluster bound)
+                reply = await self._queue_report(keys, args, wait)
+        else:
+            async with self._backend("report"):
+                if wait:  # (a cluster's jobs live on several masters: one call each)
+                    reply = await self._write(self._report_script, keys, args, "report")
+                else:
+                    reply = await self._report_script(keys=keys, args=args)
         status = reply[0]
         if status == "missing":
             raise JobNotFound(job_id)

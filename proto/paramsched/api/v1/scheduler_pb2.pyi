@@ -211,7 +211,7 @@ class DeleteJobResponse(_message.Message):
     def __init__(self, deleted: _Optional[bool] = ...) -> None: ...
 
 class ReportProgressRequest(_message.Message):
-    __slots__ = ("job_id", "generation", "rank", "iteration", "epoch_end", "metrics", "has_metrics", "plan_size", "incarnation", "validation_at", "held_until", "horizon_token")
+    __slots__ = ("job_id", "generation", "rank", "iteration", "epoch_end", "metrics", "has_metrics", "plan_size", "incarnation", "validation_at", "held_until", "horizon_token", "skip_held")
     class MetricsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -231,6 +231,7 @@ class ReportProgressRequest(_message.Message):
     VALIDATION_AT_FIELD_NUMBER: _ClassVar[int]
     HELD_UNTIL_FIELD_NUMBER: _ClassVar[int]
     HORIZON_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    SKIP_HELD_FIELD_NUMBER: _ClassVar[int]
     job_id: str
     generation: int
     rank: int
@@ -243,7 +244,8 @@ class ReportProgressRequest(_message.Message):
     validation_at: int
     held_until: int
     horizon_token: str
-    def __init__(self, job_id: _Optional[str] = ..., generation: _Optional[int] = ..., rank: _Optional[int] = ..., iteration: _Optional[int] = ..., epoch_end: _Optional[int] = ..., metrics: _Optional[_Mapping[str, float]] = ..., has_metrics: _Optional[bool] = ..., plan_size: _Optional[int] = ..., incarnation: _Optional[str] = ..., validation_at: _Optional[int] = ..., held_until: _Optional[int] = ..., horizon_token: _Optional[str] = ...) -> None: ...
+    skip_held: bool
+    def __init__(self, job_id: _Optional[str] = ..., generation: _Optional[int] = ..., rank: _Optional[int] = ..., iteration: _Optional[int] = ..., epoch_end: _Optional[int] = ..., metrics: _Optional[_Mapping[str, float]] = ..., has_metrics: _Optional[bool] = ..., plan_size: _Optional[int] = ..., incarnation: _Optional[str] = ..., validation_at: _Optional[int] = ..., held_until: _Optional[int] = ..., horizon_token: _Optional[str] = ..., skip_held: _Optional[bool] = ...) -> None: ...
 
 class ReportProgressResponse(_message.Message):
     __slots__ = ("plan",)
