@@ -130,11 +130,24 @@ def test_a_keyframe_that_does_not_fit_the_schedule_is_refused_and_keeps_nothing(
         {**good, "states": {"0": {**good["states"]["0"], "plateau": {"0": [1, 2, 3]}}}},
         {**good, "states": {"0": {**good["states"]["0"], "iteration": 10**9}}},
     ]
+    both = schedule.keyframe(55, {}, since=50)
+    assert both is not None and both["since"] == good
+    bad_cases += [
+        {**both, "since": {**good, "iteration": 49}},  # its states are at 50
+        {**both, "since": {**both["since"], "extra": 1}},
+        {**both, "since": schedule.keyframe(58, {})},  # not before the keyframe
+        {**both, "since": {**good, "states": {}}},
+        {**both, "since": [1]},
+    ]
     for bad in bad_cases:
         fresh = Schedule(spec)
         with pytest.raises(ValueError):
             fresh.seed(bad)
         assert fresh.replay_distance(50) == 50  # nothing kept
+    fresh = Schedule(spec)
+    assert fresh.seed(both) == 55
+    assert fresh.state_distance(50) == 0 and fresh.state_distance(57) == 2
+    assert fresh.values_range(50, 60, {}) == schedule.values_range(50, 60, {})
 
 
 def test_memory_per_timeline_stays_bounded_however_far_the_job_runs() -> None:
@@ -282,6 +295,23 @@ def test_skip_held_plans_continue_the_held_one_and_a_cold_server_replays_nothing
         await _drain(warm)
         kept = await warm.store.keyframe("held")
         assert kept is not None and held - 1 - kept.iteration < 256
+        # The keyframe holds the states where the rank is, too: a cold server
+        # checkpoints it there, or answers a report without skip_held, from them.
+        probe = _service(open_store())
+        record = await probe._get_record("held")
+        entry = await probe._load(record)
+        await probe._warm(entry, record)
+        assert entry.schedule.state_distance(t) <= 256  # (keyframe_every)
+        assert probe.store is not warm.store
+        def carried(state: str) -> Any:
+            return json.loads(json.loads(state)["payload"])["keyframe"]
+
+        assert carried(await probe.get_state("held", t + 5)) == carried(
+            await warm.get_state("held", t + 5))
+        whole_again = await probe.report("held", generation=generation, rank=0,
+                                         iteration=t + 5, plan_size=16)
+        assert bits(_rows(whole_again)) == bits(_rows(await warm.values("held", t + 5,
+                                                                        t + 21)))
         cold = _service(open_store())
         t += 128
         again = await cold.report("held", generation=generation, rank=0, iteration=t,

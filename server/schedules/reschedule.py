@@ -30,7 +30,7 @@ from typing import Any
 
 from .config import JobSpec, build_job_spec
 from .errors import ConfigError, DecisionPending
-from .replay import Decisions
+from .replay import Decisions, ReplayState
 from .timeline import GroupValues, Timeline
 
 MODES = ("replace", "multiply", "stretch")
@@ -249,10 +249,25 @@ class Schedule:
         out[0] = min(x, self.spec.max_iters)
         return out
 
-    def keyframe(self, t: int, decisions: Decisions) -> dict[str, Any] | None:
+    def keyframe(self, t: int, decisions: Decisions, *,
+                 since: int | None = None) -> dict[str, Any] | None:
         """The replay states the values at ``t`` continue from, as plain data; None when
         they wait on a validation decision. Cheap right after the values at ``t`` were
-        computed (the states are kept as cursors)."""
+        computed (the states are kept as cursors). ``since``: an earlier iteration whose
+        states the keyframe holds too (``"since"``), so a server seeded with it answers
+        from there on as well (a plan's start: ranks still run, report and checkpoint
+        inside the plan they hold, below its end)."""
+        states = self._states(t, decisions)
+        if states is None:
+            return None
+        keyframe: dict[str, Any] = {"iteration": t, "states": states}
+        if since is not None and 0 < since < t:
+            earlier = self._states(since, decisions)
+            if earlier is not None:
+                keyframe["since"] = {"iteration": since, "states": earlier}
+        return keyframe
+
+    def _states(self, t: int, decisions: Decisions) -> dict[str, Any] | None:
         timelines = self.timelines()
         states: dict[str, Any] = {}
         try:
@@ -262,15 +277,31 @@ class Schedule:
                 states[str(k)] = timeline.state_at(pos, decisions if k == 0 else {}).to_dict()
         except DecisionPending:
             return None
-        return {"iteration": t, "states": states}
+        return states
 
     def seed(self, keyframe: Mapping[str, Any]) -> int:
         """Keep a keyframe's states (``keyframe()``'s data, from the store or a
         checkpoint) in the timelines they belong to. Raises ValueError, keeping
         nothing, when it does not fit this schedule. Returns its iteration."""
-        if not isinstance(keyframe, Mapping) or set(keyframe) != {"iteration", "states"}:
-            raise ValueError("a keyframe has the fields iteration and states")
-        t, states = keyframe["iteration"], keyframe["states"]
+        if not isinstance(keyframe, Mapping) or set(keyframe) - {"since"} != {
+                "iteration", "states"}:
+            raise ValueError("a keyframe has the fields iteration and states (and since)")
+        checked = self._checked(keyframe["iteration"], keyframe["states"])
+        t = keyframe["iteration"]
+        if "since" in keyframe:
+            since = keyframe["since"]
+            if not isinstance(since, Mapping) or set(since) != {"iteration", "states"}:
+                raise ValueError("a keyframe's since has the fields iteration and states")
+            if isinstance(since["iteration"], int) and not 0 < since["iteration"] < t:
+                raise ValueError(f"a keyframe's since iteration must be in [1, {t}), got "
+                                 f"{since['iteration']!r}")
+            checked += self._checked(since["iteration"], since["states"])
+        for timeline, state in checked:
+            timeline.seed(state)
+        return int(t)
+
+    def _checked(self, t: Any, states: Any) -> list[tuple[Timeline, ReplayState]]:
+        """The states of a keyframe at ``t``, checked against this schedule's timelines."""
         if isinstance(t, bool) or not isinstance(t, int) or not 0 <= t <= self.max_iters:
             raise ValueError(f"keyframe iteration must be in [0, {self.max_iters}], got {t!r}")
         expected = self.positions(t)
@@ -287,9 +318,13 @@ class Schedule:
                 raise ValueError(f"keyframe state {k} is at iteration {state.iteration}, "
                                  f"not {pos}")
             checked.append((timeline, state))
-        for timeline, state in checked:
-            timeline.seed(state)
-        return t
+        return checked
+
+    def state_distance(self, t: int) -> int:
+        """The most iterations any timeline replays to reach the replay states at ``t``."""
+        timelines = self.timelines()
+        return max(timelines[k].state_distance(pos)  # type: ignore[union-attr]
+                   for k, pos in self.positions(t).items())
 
     def replay_distance(self, t: int) -> int:
         """The most iterations any timeline replays to reach the values at ``t``."""

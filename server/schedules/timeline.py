@@ -115,6 +115,10 @@ class Timeline:
         rows = len(self._block) // self._width
         if self._block_start <= t < self._block_start + rows:
             return 0
+        return self.state_distance(t)
+
+    def state_distance(self, t: int) -> int:
+        """Iterations ``state_at(t)`` replays (the value cache holds no states)."""
         return t - self._best(t).iteration
 
     def nbytes(self) -> int:

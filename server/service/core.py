@@ -345,21 +345,25 @@ class SchedulerService:
             raise InvalidArgument(
                 f"iteration {start} is past the end of training ({schedule.max_iters})",
                 field="iteration")
-        start = min(max(start, held), stop)
+        reported, start = start, min(max(start, held), stop)
         await self._warm(entry, record)
         durable = entry.durable
 
         def compute() -> tuple[list[GroupValues], dict[str, Any] | None]:
             values = self._values(entry, record, start, stop) if start < stop else []
-            # The state at the plan's last iteration: the next plan of a rank that holds
-            # this one starts right after it, so a server that never saw the job (a
-            # restart, a replica, an eviction) continues from there, replaying nothing.
-            # It is a cursor now, so taking it costs one copy.
+            # The states at the plan's last iteration and where the rank is: its next
+            # plan starts right after the end, and it runs, reports (without skip_held)
+            # and checkpoints from where it is, so a server that never saw the job (a
+            # restart, a replica, an eviction) answers either without replaying more
+            # than a plan. The end is a cursor now (a copy); the rank's iteration is
+            # taken where it costs at most a keyframe interval of replay, else the
+            # plan's start (a cursor too).
             last = start + len(values) - 1
-            keyframe = (entry.schedule.keyframe(last, record.decisions)
-                        if frontier and values and last - durable >= self.keyframe_every
-                        else None)
-            return values, keyframe
+            if not (frontier and values and last - durable >= self.keyframe_every):
+                return values, None
+            since = reported if entry.schedule.state_distance(
+                reported) <= self.keyframe_every else start
+            return values, entry.schedule.keyframe(last, record.decisions, since=since)
 
         if entry.schedule.is_cheap(start) and entry.lock.acquire(blocking=False):
             try:
