@@ -20,7 +20,7 @@ import logging
 import secrets
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Coroutine, Iterator, Mapping
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from contextlib import AbstractContextManager, contextmanager, nullcontext
@@ -307,7 +307,11 @@ class SchedulerService:
             except StoreError as exc:
                 log.debug("keyframe of job %r not stored: %s", job_id, exc)
 
-        task = asyncio.get_running_loop().create_task(save())
+        self._in_background(save())
+
+    def _in_background(self, work: Coroutine[Any, Any, None]) -> None:
+        """Run ``work`` after the reply, kept until done (tests and shutdown drain it)."""
+        task = asyncio.get_running_loop().create_task(work)
         self._background.add(task)
         task.add_done_callback(self._background.discard)
 
@@ -548,9 +552,7 @@ class SchedulerService:
             except ConfigError as exc:  # the jobs' own refills will say so
                 log.debug("first plans of spec %s not extended: %s", spec_hash, exc)
 
-        task = asyncio.get_running_loop().create_task(extend())
-        self._background.add(task)
-        task.add_done_callback(self._background.discard)
+        self._in_background(extend())
 
     def _check_run(self, run_id: str, world_size: int, rank: int) -> None:
         if not isinstance(run_id, str) or not RUN_ID_PATTERN.fullmatch(run_id):
