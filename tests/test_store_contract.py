@@ -840,6 +840,40 @@ class TestJobStoreContract:
 
         store_loop.run(scenario())
 
+    def test_one_report_records_more_ranks_in_the_same_write(
+        self, job_store: JobStore, store_loop: asyncio.Runner
+    ) -> None:
+        async def scenario() -> None:
+            await job_store.create(make_record(world_size=4))
+            await job_store.report("job-a", generation=1, rank=2, iteration=9)
+            record = await job_store.report("job-a", generation=1, rank=0, iteration=5,
+                                            issue_until=21, more_progress={1: 6, 2: 3, 3: 0})
+            # Each rank's highest iteration, as separate reports would have left it.
+            assert record.progress == {0: 5, 1: 6, 2: 9, 3: 0}
+            assert record.issued_until == 21
+            assert record.version == 3  # (create, then two writes)
+            stored = await job_store.get("job-a")
+            assert stored is not None and stored.progress == record.progress
+
+        store_loop.run(scenario())
+
+    def test_a_report_with_one_rank_outside_the_world_size_changes_nothing(
+        self, job_store: JobStore, store_loop: asyncio.Runner
+    ) -> None:
+        async def scenario() -> None:
+            await job_store.create(make_record(world_size=2))
+            before = await job_store.report("job-a", generation=1, rank=0, iteration=1)
+            with pytest.raises(RankOutOfRange) as refused:
+                await job_store.report("job-a", generation=1, rank=0, iteration=7,
+                                       issue_until=30, more_progress={1: 7, 5: 7})
+            assert refused.value.rank == 5 and refused.value.world_size == 2
+            after = await job_store.get("job-a")
+            assert after is not None
+            assert (after.progress, after.issued_until, after.version) == (
+                before.progress, before.issued_until, before.version)
+
+        store_loop.run(scenario())
+
     def test_join_by_the_jobs_run_records_the_rank_and_checks_the_world_size(
         self, job_store: JobStore, store_loop: asyncio.Runner
     ) -> None:

@@ -11,6 +11,7 @@ import functools
 import json
 import logging
 import time
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from itertools import chain
 from operator import itemgetter
@@ -236,9 +237,15 @@ def job_to_proto(view: JobView) -> pb.Job:
     return job
 
 
+#: Replies kept by their plan (see ``SchedulerServicer._reply``).
+_KEPT_REPLIES = 16
+
+
 class SchedulerServicer(pb_grpc.SchedulerServiceServicer):
     def __init__(self, service: SchedulerService) -> None:
         self.service = service
+        self._replies: OrderedDict[int, tuple[Plan, pb.ReportProgressResponse]] = \
+            OrderedDict()
 
     @_mapped
     async def AttachJob(self, request: pb.AttachJobRequest,
@@ -283,8 +290,20 @@ class SchedulerServicer(pb_grpc.SchedulerServiceServicer):
             metrics=metrics, plan_size=request.plan_size, incarnation=request.incarnation,
             held_until=request.held_until, horizon_token=request.horizon_token,
             skip_held=request.skip_held)
+        return await self._reply(plan)
+
+    async def _reply(self, plan: Plan) -> pb.ReportProgressResponse:
+        """The reply carrying ``plan``. A job's ranks get the same plan object (the
+        service shares it: ``sharedplans``), so its reply is built once and handed to
+        each (gRPC only serializes it); a reply is never changed after it is built."""
+        kept = self._replies.get(id(plan))
+        if kept is not None and kept[0] is plan:  # (the plan held there: its id is its own)
+            return kept[1]
         response = pb.ReportProgressResponse()
         await plan_into(response.plan, plan)
+        self._replies[id(plan)] = (plan, response)
+        if len(self._replies) > _KEPT_REPLIES:
+            self._replies.popitem(last=False)
         return response
 
     @_mapped

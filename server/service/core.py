@@ -74,6 +74,7 @@ from .checkpoints import (
     parse_state,
 )
 from .firstplans import FirstPlans
+from .groupcommit import GroupCommit
 from .inputs import (
     Limits,
     check_job_id,
@@ -84,6 +85,8 @@ from .inputs import (
 from .jobcache import JobCache
 from .pages import DEFAULT_MAX_VALUES_CELLS, Page
 from .previews import PreviewRequest
+from .sharedplans import Key as SharedKey
+from .sharedplans import SharedPlans
 from .signing import StateKeys, check_horizon, sign_horizon
 from .views import (
     Attachment,
@@ -138,6 +141,8 @@ class SchedulerService:
         auth_enabled: bool = False,
     ) -> None:
         self.store = store
+        self._reports = GroupCommit(store)  # a job's concurrent reports: one write
+        self._shared_plans = SharedPlans()  # a job's ranks ask for the same plans
         # Checkpoint states are signed with these; with auth on, only signed ones load.
         self.state_keys = state_keys
         self.auth_enabled = auth_enabled
@@ -350,6 +355,13 @@ class SchedulerService:
                 f"iteration {start} is past the end of training ({schedule.max_iters})",
                 field="iteration")
         reported, start = start, min(max(start, held), stop)
+        key: SharedKey | None = None
+        if frontier:  # the job's other ranks ask for the same plan: computed once
+            key = (record.job_id, record.incarnation, record.generation, entry.spec_hash,
+                   entry.num_changes, len(record.decisions), start, stop)
+            shared = self._shared_plans.get(key)
+            if shared is not None:
+                return shared
         await self._warm(entry, record)
         durable = entry.durable
 
@@ -385,11 +397,13 @@ class SchedulerService:
         self._jobs.recount(record.job_id, entry)
         plan = plan_of(entry.spec, entry.schedule, start, stop, values, record.generation,
                        record.incarnation)
-        if self.state_keys is None:
-            return plan
-        return dataclasses.replace(plan, horizon_token=sign_horizon(
-            self.state_keys, record.job_id, record.incarnation, record.generation,
-            start + len(values)))
+        if self.state_keys is not None:
+            plan = dataclasses.replace(plan, horizon_token=sign_horizon(
+                self.state_keys, record.job_id, record.incarnation, record.generation,
+                start + len(values)))
+        if key is not None:
+            self._shared_plans.put(key, plan)
+        return plan
 
     def _values(self, entry: LoadedJob, record: JobRecord, start: int,
                 stop: int) -> list[GroupValues]:
@@ -748,17 +762,25 @@ class SchedulerService:
         held = self._claimed_horizon(job_id, entry, generation, incarnation, held_until,
                                      horizon_token)
         decision = self._decision(entry, iteration, epoch_end, metrics, validation_at)
+        issue_until = min(iteration + size, entry.schedule.max_iters + 1,
+                          iteration + self._plan_cells_cap(entry.spec,
+                                                           len(entry.schedule.params)))
+        finished_at = time.time() if iteration >= entry.schedule.max_iters else 0.0
         with store_errors():
             try:
-                record = await self.store.report(
-                    job_id, generation=generation, rank=rank, iteration=iteration,
-                    finished_at=time.time() if iteration >= entry.schedule.max_iters else 0.0,
-                    decision=decision,
-                    issue_until=min(iteration + size, entry.schedule.max_iters + 1,
-                                    iteration + self._plan_cells_cap(
-                                        entry.spec, len(entry.schedule.params))),
-                    known_spec_hash=entry.spec_hash, known_changes=entry.num_changes,
-                    incarnation=entry.incarnation, held_until=held)
+                if decision is None:  # (the record may be shared: it is not changed here)
+                    record = await self._reports.report(
+                        job_id, generation=generation, rank=rank, iteration=iteration,
+                        issue_until=issue_until, known_spec_hash=entry.spec_hash,
+                        known_changes=entry.num_changes, incarnation=entry.incarnation,
+                        finished_at=finished_at, held_until=held)
+                else:
+                    record = await self.store.report(
+                        job_id, generation=generation, rank=rank, iteration=iteration,
+                        decision=decision, issue_until=issue_until,
+                        known_spec_hash=entry.spec_hash, known_changes=entry.num_changes,
+                        incarnation=entry.incarnation, finished_at=finished_at,
+                        held_until=held)
             except JobNotFound:
                 self._forget(job_id)
                 if incarnation:
@@ -781,7 +803,7 @@ class SchedulerService:
                 record.spec is not None and record.spec_hash != entry.spec_hash):
             # A change came in meanwhile.
             if record.spec is None:
-                record.spec = entry.spec.to_dict()
+                record = dataclasses.replace(record, spec=entry.spec.to_dict())
             entry = await self._load(record)
         entry.frontier = max(entry.frontier, record.issued_until)
         plan = await self._plan(entry, record, iteration, iteration + size, frontier=True,

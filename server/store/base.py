@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
@@ -256,6 +257,7 @@ class JobStore(Protocol):
         incarnation: str | None = None,
         finished_at: float = 0.0,
         held_until: int = 0,
+        more_progress: Mapping[int, int] | None = None,
     ) -> JobRecord:
         """Record a rank's progress, atomically.
 
@@ -270,6 +272,9 @@ class JobStore(Protocol):
         ``finished_at`` (> 0) is stored unless the job has one already; ``join`` of a
         new run, ``load_state`` and ``reschedule`` clear it. ``held_until`` raises the
         job's ``held_until`` (the caller checked the claim).
+        ``more_progress`` (rank -> iteration): other ranks of the same report, recorded in
+        the same write like ``rank`` (a group commit of a job's concurrent reports); a
+        rank of it outside the world size is ``RankOutOfRange`` too, and nothing changes.
         """
         ...
 

@@ -42,7 +42,7 @@ import sqlite3
 import stat
 import threading
 import weakref
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -532,8 +532,11 @@ class EmbeddedJobStore:
         incarnation: str | None = None,
         finished_at: float = 0.0,
         held_until: int = 0,
+        more_progress: Mapping[int, int] | None = None,
     ) -> JobRecord:
-        """Record a rank's progress atomically; see ``JobStore.report``."""
+        """Record ranks' progress atomically; see ``JobStore.report``."""
+        progress_rows = [(job_id, int(rank), int(iteration))]
+        progress_rows += [(job_id, int(r), int(i)) for r, i in (more_progress or {}).items()]
         decision_row = (
             (int(decision[0]), canonical_json(decision[1])) if decision is not None else None
         )
@@ -557,13 +560,14 @@ class EmbeddedJobStore:
                 raise IncarnationMismatch(job_id, incarnation, stored_incarnation)
             if stored_generation != generation:
                 raise StaleGeneration(job_id, generation, stored_generation)
-            if world_size and rank >= world_size:
-                raise RankOutOfRange(job_id, rank, world_size)
-            conn.execute(
+            for _, reported, _ in progress_rows:
+                if world_size and reported >= world_size:
+                    raise RankOutOfRange(job_id, reported, world_size)
+            conn.executemany(
                 "INSERT INTO progress (job_id, rank, iterations) VALUES (?, ?, ?) "
                 "ON CONFLICT (job_id, rank) "
                 "DO UPDATE SET iterations = max(iterations, excluded.iterations)",
-                (job_id, int(rank), int(iteration)),
+                progress_rows,
             )
             if decision_row is not None:
                 conn.execute(

@@ -79,7 +79,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
 from importlib import resources
@@ -705,8 +705,9 @@ class RedisJobStore:
         incarnation: str | None = None,
         finished_at: float = 0.0,
         held_until: int = 0,
+        more_progress: Mapping[int, int] | None = None,
     ) -> JobRecord:
-        """Record a rank's progress in one script call; see ``JobStore.report``."""
+        """Record ranks' progress in one script call; see ``JobStore.report``."""
         if decision is None:
             decision_args = ["0", "", ""]
         else:
@@ -724,6 +725,8 @@ class RedisJobStore:
             repr(float(finished_at)),
             str(int(held_until)),
         ]
+        for other, done in (more_progress or {}).items():
+            args += [str(int(other)), str(int(done))]
         keys = self._report_keys.get(job_id)
         if keys is None:  # (every report of a job has the same keys: built once)
             if len(self._report_keys) >= 4096:
@@ -749,7 +752,7 @@ class RedisJobStore:
         if status == "stale":
             raise StaleGeneration(job_id, generation, int(reply[1]))
         if status == "rank":
-            raise RankOutOfRange(job_id, rank, int(reply[1]))
+            raise RankOutOfRange(job_id, int(reply[2]), int(reply[1]))
         return _record(job_id, reply[1])
 
     async def join(

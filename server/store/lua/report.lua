@@ -1,7 +1,8 @@
 -- ARGV: generation, rank, iteration, has_decision ('1'/'0'), epoch, metrics JSON,
 -- issue_until, known_spec_hash, known_changes, check incarnation ('1'/'0'),
 -- incarnation, finished_at ('0': not finished), held_until (the plan end the rank
--- holds, checked by the service; '0': none).
+-- holds, checked by the service; '0': none), then (rank, iteration) pairs of other
+-- ranks recorded in the same write.
 -- (job.lua's read_job and write_children are prepended.)
 -- The job's fields this script decides on, in one read (a missing job: all nil).
 local job = redis.call('HMGET', KEYS[1], 'generation', 'incarnation', 'world_size',
@@ -13,13 +14,24 @@ if ARGV[10] == '1' then
   if incarnation ~= ARGV[11] then return {'incarnation', incarnation} end
 end
 if tonumber(generation) ~= tonumber(ARGV[1]) then return {'stale', generation} end
-local world_size = job[3]
-if tonumber(world_size) > 0 and tonumber(ARGV[2]) >= tonumber(world_size) then
-  return {'rank', world_size}
+-- The (rank, iteration) pairs: ARGV[2], ARGV[3], then any after ARGV[13] (other ranks
+-- of one group commit); all are checked before anything is written.
+local ranks = {ARGV[2], ARGV[3]}
+for i = 14, #ARGV - 1, 2 do
+  ranks[#ranks + 1] = ARGV[i]
+  ranks[#ranks + 1] = ARGV[i + 1]
 end
-local done = redis.call('HGET', KEYS[2], ARGV[2])
-if (not done) or tonumber(done) < tonumber(ARGV[3]) then
-  redis.call('HSET', KEYS[2], ARGV[2], ARGV[3])
+local world_size = tonumber(job[3])
+if world_size > 0 then
+  for i = 1, #ranks, 2 do
+    if tonumber(ranks[i]) >= world_size then return {'rank', job[3], ranks[i]} end
+  end
+end
+for i = 1, #ranks, 2 do
+  local done = redis.call('HGET', KEYS[2], ranks[i])
+  if (not done) or tonumber(done) < tonumber(ranks[i + 1]) then
+    redis.call('HSET', KEYS[2], ranks[i], ranks[i + 1])
+  end
 end
 if ARGV[4] == '1' then redis.call('HSETNX', KEYS[3], ARGV[5], ARGV[6]) end
 if tonumber(job[4]) < tonumber(ARGV[7]) then
