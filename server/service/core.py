@@ -525,21 +525,27 @@ class SchedulerService:
         the job's plans continue from it. A spec computed before (by any job of this
         process) is not replayed again: its schedule is copied (``FirstPlans``)."""
         plans = self._first_plan_copies
-        configs, groups = len(spec.schedulers), spec.num_groups
-        if configs * groups <= 256:  # a small spec: its hash and a copy are cheap inline
+        looked_up: tuple[dict[str, Any], str] | None = None
+        if len(spec.schedulers) * spec.num_groups <= 256:
+            # A small spec: its hash and a copy are cheap inline (a miss computes in a
+            # worker, without hashing or looking it up again).
             canonical = spec.to_dict()
             spec_hash = content_hash(canonical)
             copied = plans.get(spec_hash, spec, first)
             if copied is not None:
                 self._extend_first_plans(spec, spec_hash, first)
                 return canonical, spec_hash, copied
+            looked_up = canonical, spec_hash
 
         def compute() -> tuple[dict[str, Any], str, Schedule, bool]:
-            canonical = spec.to_dict()
-            spec_hash = content_hash(canonical)
-            schedule = plans.get(spec_hash, spec, first)
-            if schedule is not None:
-                return canonical, spec_hash, schedule, True
+            if looked_up is not None:
+                canonical, spec_hash = looked_up
+            else:
+                canonical = spec.to_dict()
+                spec_hash = content_hash(canonical)
+                schedule = plans.get(spec_hash, spec, first)
+                if schedule is not None:
+                    return canonical, spec_hash, schedule, True
             try:
                 return canonical, spec_hash, plans.compute(spec, spec_hash, first), False
             except ConfigError as exc:
