@@ -180,7 +180,7 @@ INLINE_PLAN_CELLS = 16_384
 
 
 def _inline(plan: Plan) -> bool:
-    return len(plan.values) * plan.num_groups * len(plan.params) <= INLINE_PLAN_CELLS
+    return plan.cells <= INLINE_PLAN_CELLS
 
 
 async def converted(convert: Callable[[Any], pb.Plan], plan: Plan) -> pb.Plan:

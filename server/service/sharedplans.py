@@ -23,10 +23,6 @@ from .views import Plan
 Key: TypeAlias = tuple[str, str, int, str, int, int, int, int]
 
 
-def plan_cells(plan: Plan) -> int:
-    return len(plan.values) * plan.num_groups * len(plan.params)
-
-
 class SharedPlans:
     def __init__(self, *, max_entries: int = 64, max_cells: int = 16384) -> None:
         self.max_entries = max_entries
@@ -41,11 +37,11 @@ class SharedPlans:
         return plan
 
     def put(self, key: Key, plan: Plan) -> None:
-        cells = plan_cells(plan)
+        cells = plan.cells
         if cells * 4 > self.max_cells or key in self._kept:
             return
         self._kept[key] = plan
         self.cells += cells
         while len(self._kept) > self.max_entries or self.cells > self.max_cells:
             _, dropped = self._kept.popitem(last=False)
-            self.cells -= plan_cells(dropped)
+            self.cells -= dropped.cells

@@ -54,6 +54,11 @@ class Plan:
     # keys): a rank reports it back with held_until, so no change starts inside the plan.
     horizon_token: str = ""
 
+    @property
+    def cells(self) -> int:
+        """How many values the plan holds (iterations x groups x params)."""
+        return len(self.values) * self.num_groups * len(self.params)
+
 
 def plan_of(spec: JobSpec, schedule: Schedule, start: int, stop: int,
             values: list[GroupValues], generation: int, incarnation: str = "") -> Plan:
