@@ -774,19 +774,12 @@ class SchedulerService:
         finished_at = time.time() if iteration >= entry.schedule.max_iters else 0.0
         with store_errors():
             try:
-                if decision is None:  # (the record may be shared: it is not changed here)
-                    record = await self._reports.report(
-                        job_id, generation=generation, rank=rank, iteration=iteration,
-                        issue_until=issue_until, known_spec_hash=entry.spec_hash,
-                        known_changes=entry.num_changes, incarnation=entry.incarnation,
-                        finished_at=finished_at, held_until=held)
-                else:
-                    record = await self.store.report(
-                        job_id, generation=generation, rank=rank, iteration=iteration,
-                        decision=decision, issue_until=issue_until,
-                        known_spec_hash=entry.spec_hash, known_changes=entry.num_changes,
-                        incarnation=entry.incarnation, finished_at=finished_at,
-                        held_until=held)
+                # (the record may be shared with other reports: it is not changed here)
+                record = await self._reports.report(
+                    job_id, generation=generation, rank=rank, iteration=iteration,
+                    decision=decision, issue_until=issue_until,
+                    known_spec_hash=entry.spec_hash, known_changes=entry.num_changes,
+                    incarnation=entry.incarnation, finished_at=finished_at, held_until=held)
             except JobNotFound:
                 self._forget(job_id)
                 if incarnation:

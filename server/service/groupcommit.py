@@ -17,7 +17,7 @@ import asyncio
 from dataclasses import dataclass, field
 from typing import TypeAlias
 
-from ..store.base import JobRecord, JobStore, RankOutOfRange
+from ..store.base import JobRecord, JobStore, Metrics, RankOutOfRange
 
 # What a write checks in the store, so reports that agree on it can share one write.
 Key: TypeAlias = tuple[str, int, str | None, str, int]
@@ -58,10 +58,16 @@ class GroupCommit:
 
     async def report(self, job_id: str, *, generation: int, rank: int, iteration: int,
                      issue_until: int, known_spec_hash: str, known_changes: int,
-                     incarnation: str | None, finished_at: float,
-                     held_until: int) -> JobRecord:
+                     incarnation: str | None, finished_at: float, held_until: int,
+                     decision: tuple[int, Metrics | None] | None = None) -> JobRecord:
         """The record after this rank's report is stored (alone or with others). The
         record may be shared with the other callers of its write: do not change it."""
+        if decision is not None:  # (rare: once per epoch; its write goes alone)
+            return await self.store.report(
+                job_id, generation=generation, rank=rank, iteration=iteration,
+                decision=decision, issue_until=issue_until, known_spec_hash=known_spec_hash,
+                known_changes=known_changes, incarnation=incarnation,
+                finished_at=finished_at, held_until=held_until)
         key: Key = (job_id, generation, incarnation, known_spec_hash, known_changes)
         if key in self._busy:
             waiting = self._waiting.setdefault(key, _Waiting())
