@@ -12,9 +12,11 @@ generator (grpc.aio, ``--concurrency`` requests in flight, ``--seconds`` each):
   same run: the difference is what waiting for the replica costs a report.
 
 The ratio paramsched/echo is the figure to watch (issue target: >= 0.6 of echo
-throughput). Usage:
+throughput). This machine's speed drifts by tens of percent between runs, so echo and
+both stores run ``--rounds`` times, one after the other, and each round's ratio is
+taken against its own echo. Usage:
 
-    .venv/bin/python benchmarks/bench_report_rpc.py [--seconds 5] [--concurrency 16]
+    .venv/bin/python benchmarks/bench_report_rpc.py [--seconds 5] [--rounds 3]
 """
 
 from __future__ import annotations
@@ -127,8 +129,18 @@ async def bench_paramsched(target: str, seconds: float, concurrency: int,
 
 
 def row(name: str, result: dict[str, float], echo: dict[str, float]) -> str:
+    ratio = result.get("ratio", result["rps"] / echo["rps"])
     return (f"| {name} | {result['rps']:.0f} | {result['p50_ms']:.2f} | {result['p99_ms']:.2f} "
-            f"| {result['rps'] / echo['rps']:.2f} |")
+            f"| {ratio:.2f} |")
+
+
+def medians(results: list[dict[str, float]], echoes: list[dict[str, float]]) -> dict[str, float]:
+    """Per-figure medians over the rounds; ``ratio`` is the median of each round's
+    ratio to the echo of the same round (the machine's speed drifts between rounds)."""
+    merged = {key: statistics.median(r[key] for r in results) for key in results[0]}
+    merged["ratio"] = statistics.median(r["rps"] / e["rps"]
+                                        for r, e in zip(results, echoes, strict=True))
+    return merged
 
 
 def replicated_rows(tmp: Path, args: argparse.Namespace,
@@ -174,41 +186,54 @@ def main() -> None:
     parser.add_argument("--plan-size", type=int, default=16,
                         help="iterations of plan per reply (clients refill rarely; 16 is a "
                              "typical steady-state refill)")
+    parser.add_argument("--rounds", type=int, default=3,
+                        help="rounds of echo, embedded and Redis (medians are reported)")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
     sample = pb.ReportProgressRequest(job_id="bench", generation=1, rank=3, iteration=12345,
                                       plan_size=args.plan_size).SerializeToString()
-    echo = asyncio.run(bench_echo(args.seconds, args.concurrency, sample))
-    lines = [
-        f"Report RPC, {args.concurrency} in flight, {args.seconds:.0f} s each, plan of "
-        f"{args.plan_size} iterations x 2 groups x 2 params per reply.",
-        "",
-        "| server | req/s | p50 ms | p99 ms | throughput vs echo |",
-        "|---|---:|---:|---:|---:|",
-        row("bare grpc.aio echo (baseline)", echo, echo),
-    ]
+    echoes: list[dict[str, float]] = []
+    embedded: list[dict[str, float]] = []
+    on_redis: list[dict[str, float]] = []
     with tempfile.TemporaryDirectory() as tmp:
-        server = ServerProcess(data_dir=Path(tmp) / "data")
-        server.start()
-        try:
-            result = asyncio.run(bench_paramsched(server.target, args.seconds,
-                                                  args.concurrency, args.plan_size))
-            lines.append(row("paramsched, embedded store", result, echo))
-        finally:
-            server.stop()
         redis = RedisServer(data_dir=Path(tmp) / "redis", extra_args=["--appendfsync",
                                                                       "everysec"])
-        server = ServerProcess(redis_url=redis.url).start()
         try:
-            result = asyncio.run(bench_paramsched(server.target, args.seconds,
-                                                  args.concurrency, args.plan_size))
-            lines.append(row("paramsched, Redis store (AOF everysec)", result, echo))
+            for round_ in range(args.rounds):  # echo and both stores, side by side
+                echoes.append(asyncio.run(bench_echo(args.seconds, args.concurrency, sample)))
+                server = ServerProcess(data_dir=Path(tmp) / f"data-{round_}").start()
+                try:
+                    embedded.append(asyncio.run(bench_paramsched(
+                        server.target, args.seconds, args.concurrency, args.plan_size)))
+                finally:
+                    server.stop()
+                with redis_py.Redis.from_url(redis.url) as client:
+                    client.flushall()  # a fresh job each round
+                server = ServerProcess(redis_url=redis.url).start()
+                try:
+                    on_redis.append(asyncio.run(bench_paramsched(
+                        server.target, args.seconds, args.concurrency, args.plan_size)))
+                finally:
+                    server.stop()
         finally:
-            server.stop()
             redis.stop()
+        echo = {key: statistics.median(e[key] for e in echoes) for key in echoes[0]}
+        lines = [
+            f"Report RPC, {args.concurrency} in flight, {args.seconds:.0f} s each, plan of "
+            f"{args.plan_size} iterations x 2 groups x 2 params per reply; {args.rounds} "
+            "rounds of echo, embedded and Redis one after the other: medians, and the "
+            "median of each round's ratio to its own echo.",
+            "",
+            "| server | req/s | p50 ms | p99 ms | throughput vs echo |",
+            "|---|---:|---:|---:|---:|",
+            row("bare grpc.aio echo (baseline)", echo, echo),
+            row("paramsched, embedded store", medians(embedded, echoes), echo),
+            row("paramsched, Redis store (AOF everysec)", medians(on_redis, echoes), echo),
+        ]
         lines += replicated_rows(Path(tmp), args, echo)
     lines += [
         "",
+        "The master + replica rows run once, after the rounds, against the median echo. "
         "WAIT: every report here hands out a plan, so with --redis-wait-replicas 1 each one "
         "waits for the replica's acknowledgement (one replication round trip, pipelined in "
         "the same Redis round trip as the script); the last two rows, measured in one run, "

@@ -36,6 +36,7 @@ from .grpc.interceptors import ServiceInterceptor
 from .grpc.servicer import SchedulerServicer
 from .observability import InstrumentedStore, Metrics, configure_logging
 from .service import SchedulerService
+from .service.groupcommit import DEFAULT_COMMIT_DELAY
 from .service.signing import StateKeyError, StateKeys
 from .store import JobStore, open_store
 from .store.embedded import StoreConfigError
@@ -59,17 +60,28 @@ def _at_least_one(text: str) -> int:
     return value
 
 def duration(text: str) -> float:
-    """Seconds from ``3600``, ``90s``, ``15m``, ``12h`` or ``30d`` (>= 0)."""
-    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+    """Seconds from ``3600``, ``90s``, ``15m``, ``12h``, ``30d`` or ``2ms`` (>= 0)."""
+    units = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400}
     raw = text.strip().lower()
-    scale = units.get(raw[-1:], 0)
+    unit = "ms" if raw.endswith("ms") else raw[-1:]
+    scale = units.get(unit, 0)
     try:
-        value = float(raw[:-1] if scale else raw) * (scale or 1)
+        value = float(raw[:-len(unit)] if scale else raw) * (scale or 1)
     except ValueError:
         value = -1.0
     if not value >= 0 or value == float("inf"):
         raise argparse.ArgumentTypeError(
-            f"must be a duration like 3600, 90s, 15m, 12h or 30d, got {text!r}")
+            f"must be a duration like 3600, 90s, 15m, 12h, 30d or 2ms, got {text!r}")
+    return value
+
+
+def commit_delay(text: str) -> float:
+    """``--commit-delay``: a duration of at most a second (a report waits that long at
+    most, and only behind another report of its job)."""
+    value = duration(text)
+    if value > 1.0:
+        raise argparse.ArgumentTypeError(
+            f"must be at most 1s (reports of a job wait up to this long), got {text!r}")
     return value
 
 
@@ -116,6 +128,9 @@ class ServerConfig:
     # Finished jobs are deleted (with their keyframes; the audit trail stays) this many
     # seconds after a rank reported their end; 0 keeps them forever.
     retention_seconds: float = 30 * 86400
+    # A job's reports that waited for its store write in flight go out together once
+    # every rank is in, or this many seconds after the first of them (group commit).
+    commit_delay: float = DEFAULT_COMMIT_DELAY
 
 
 @dataclass
@@ -204,7 +219,8 @@ async def build_parts(config: ServerConfig) -> RunningParts:
                                or config.max_message_bytes // 16,
                                cache_bytes=config.cache_bytes,
                                compute_workers=config.compute_workers,
-                               max_compute_waiting=config.max_compute_waiting)
+                               max_compute_waiting=config.max_compute_waiting,
+                               commit_delay=config.commit_delay)
     # One interceptor: count every RPC, refuse unusable raw bytes, then authenticate.
     interceptors: list[grpc.aio.ServerInterceptor] = [
         ServiceInterceptor(metrics, config.max_message_bytes, tokens)]
@@ -422,7 +438,7 @@ def make_parser() -> argparse.ArgumentParser:
                               "loads again from its stored keyframe (env "
                               "PARAMSCHED_CACHE_BYTES; default 268435456, 256 MiB)")
     serve_p.add_argument("--retention", type=duration,
-                         default=duration(_env("RETENTION") or "30d"), metavar="DURATION",
+                         default=_env("RETENTION") or "30d", metavar="DURATION",
                          help="delete a finished job (and its keyframes; its audit trail "
                               "stays) this long after a rank reported its end: seconds, or "
                               "with a unit s/m/h/d; 0 keeps jobs forever (env "
@@ -432,6 +448,13 @@ def make_parser() -> argparse.ArgumentParser:
                          help="worker threads for long computations (replays, previews); "
                               "the server reports not ready while more than 64 wait (env "
                               "PARAMSCHED_COMPUTE_WORKERS; default 2)")
+    serve_p.add_argument("--commit-delay", type=commit_delay,
+                         default=_env("COMMIT_DELAY") or "1ms",
+                         metavar="DURATION",
+                         help="reports of a job that waited for its store write go out "
+                              "together once every rank is in, or this long after the "
+                              "first (at most 1s; 0: at once; env PARAMSCHED_COMMIT_DELAY; "
+                              "default 1ms)")
     serve_p.add_argument("--address-file", default=_env("ADDRESS_FILE"), metavar="PATH",
                          help="write HOST:PORT there once listening, e.g. with --port 0 "
                               "(env PARAMSCHED_ADDRESS_FILE)")
@@ -456,6 +479,7 @@ def main(argv: list[str] | None = None) -> int:
             address_file=args.address_file,
             max_values_cells=args.max_values_cells, cache_bytes=args.cache_bytes,
             compute_workers=args.compute_workers, retention_seconds=args.retention,
+            commit_delay=args.commit_delay,
             http_port=None if args.http_port < 0 else args.http_port)
         try:
             asyncio.run(serve(config))

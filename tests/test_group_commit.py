@@ -170,3 +170,109 @@ def test_a_job_created_again_under_its_id_gets_its_own_plans(store_loop: Any,
         assert same.incarnation not in (before.incarnation, after.incarnation)
 
     store_loop.run(scenario())
+
+
+class GatedStore(CountingStore):
+    """Counts report writes; while ``gate`` is set, a write waits until it opens."""
+
+    def __init__(self, inner: JobStore) -> None:
+        super().__init__(inner)
+        self.gate: asyncio.Event | None = None
+
+    async def report(self, job_id: str, **kwargs: Any) -> Any:
+        gate = self.gate
+        if gate is not None:
+            self.gate = None  # (only the next write waits)
+            self.writes.append({kwargs["rank"]: kwargs["iteration"],
+                                **(kwargs.get("more_progress") or {})})
+            await gate.wait()
+            return await self.inner.report(job_id, **kwargs)
+        return await super().report(job_id, **kwargs)
+
+
+async def _job(store: JobStore, world_size: int) -> None:
+    service = SchedulerService(store, preview_processes=False)
+    await service.attach("delay", SPEC, world_size=world_size, plan_size=8)
+
+
+def _commit(store: GatedStore, delay: float) -> Any:
+    from paramsched.server.service.groupcommit import GroupCommit
+    return GroupCommit(store, delay=delay)  # type: ignore[arg-type]
+
+
+def _report(commit: Any, rank: int, iteration: int) -> Any:
+    return commit.report("delay", generation=1, rank=rank, iteration=iteration,
+                         issue_until=iteration + 8, known_spec_hash="", known_changes=-1,
+                         incarnation=None, finished_at=0.0, held_until=0)
+
+
+async def _turns(n: int = 5) -> None:
+    for _ in range(n):
+        await asyncio.sleep(0)
+
+
+async def _behind_a_write(store: GatedStore, commit: Any, iteration: int,
+                          ranks: tuple[int, ...]) -> tuple[Any, list[Any]]:
+    """Rank 0's report, whose write is held until the reports of ``ranks`` wait for it;
+    then the write goes on. Returns its future and theirs."""
+    store.gate = gate = asyncio.Event()
+    first = asyncio.ensure_future(_report(commit, 0, iteration))
+    await _turns()
+    behind = [asyncio.ensure_future(_report(commit, rank, iteration)) for rank in ranks]
+    await _turns()
+    gate.set()
+    return first, behind
+
+
+def test_a_report_with_no_write_of_its_job_in_flight_never_waits_for_the_delay(
+        open_job_store: Any, store_loop: Any) -> None:
+    async def scenario() -> None:
+        store = GatedStore(open_job_store())
+        await _job(store, 4)
+        commit = _commit(store, delay=60.0)  # (a wait would outlast the test's timeout)
+        for iteration in range(5):  # one rank alone, as a job of one rank reports
+            record = await asyncio.wait_for(_report(commit, 0, iteration), 10)
+            assert record.progress[0] == iteration
+        assert store.writes == [{0: i} for i in range(5)]
+
+    store_loop.run(scenario())
+
+
+def test_reports_behind_a_write_go_at_once_when_every_rank_is_in(
+        open_job_store: Any, store_loop: Any) -> None:
+    async def scenario() -> None:
+        store = GatedStore(open_job_store())
+        await _job(store, 3)
+        commit = _commit(store, delay=60.0)
+        # All ranks report together: rank 0's write goes first, 1 and 2 wait for it and
+        # then need not wait for anyone (0 was in the last write).
+        first, others = await _behind_a_write(store, commit, 10, (1, 2))
+        records = await asyncio.wait_for(asyncio.gather(first, *others), 10)
+        assert store.writes == [{0: 10}, {1: 10, 2: 10}]
+        assert records[1] is records[2] and records[2].progress == {0: 10, 1: 10, 2: 10}
+        # Rank 0 alone in a write, rank 1 behind it, rank 2 still to come: the batch
+        # waits for it, and goes as soon as it is in.
+        first, (second,) = await _behind_a_write(store, commit, 11, (1,))
+        await asyncio.wait_for(first, 10)
+        await _turns()
+        assert not second.done() and store.writes[2:] == [{0: 11}]  # (it waits for 2)
+        third = asyncio.ensure_future(_report(commit, 2, 11))
+        await asyncio.wait_for(asyncio.gather(second, third), 10)
+        assert store.writes[2:] == [{0: 11}, {1: 11, 2: 11}]
+
+    store_loop.run(scenario())
+
+
+def test_a_batch_missing_a_rank_goes_once_the_delay_is_over(open_job_store: Any,
+                                                           store_loop: Any) -> None:
+    async def scenario() -> None:
+        store = GatedStore(open_job_store())
+        await _job(store, 3)
+        commit = _commit(store, delay=0.05)
+        first, (second,) = await _behind_a_write(store, commit, 20, (1,))  # (not 2)
+        record = await asyncio.wait_for(second, 10)
+        await first
+        assert store.writes == [{0: 20}, {1: 20}]
+        assert record.progress == {0: 20, 1: 20}
+
+    store_loop.run(scenario())

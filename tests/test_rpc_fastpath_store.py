@@ -8,6 +8,7 @@ report does; these check that sharing a pipeline changes none of it.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -95,17 +96,17 @@ def test_a_refused_report_in_a_shared_pipeline_fails_alone(
     store_loop.run(store.close())
 
 
-def test_reports_after_the_redis_lost_its_scripts_load_them_again(
-    redis_url: str, store_loop: asyncio.Runner
-) -> None:
+def _reports_after(redis_url: str, store_loop: asyncio.Runner,
+                   disturb: Callable[[redis.Redis], Any]) -> list[JobRecord]:
+    """Every rank's report, concurrent, after one report and then ``disturb`` done to
+    the Redis (by another client)."""
     store = RedisJobStore(redis_url, wait_replicas=0)
 
     async def scenario() -> list[JobRecord]:
         await store.create(make_record(world_size=RANKS))
         await store.report("job-a", generation=1, rank=0, iteration=1)
-        client = redis.Redis.from_url(redis_url)
-        client.script_flush()  # as a Redis restart without persistence of scripts
-        client.close()
+        with redis.Redis.from_url(redis_url) as client:
+            disturb(client)
         records = await asyncio.gather(*(
             store.report("job-a", generation=1, rank=rank, iteration=10, issue_until=20)
             for rank in range(RANKS)))
@@ -114,6 +115,14 @@ def test_reports_after_the_redis_lost_its_scripts_load_them_again(
 
     records = store_loop.run(scenario())
     assert all(r.progress[rank] == 10 for rank, r in enumerate(records))
+    return records
+
+
+def test_reports_after_the_redis_lost_its_scripts_load_them_again(
+    redis_url: str, store_loop: asyncio.Runner
+) -> None:
+    # As a Redis restart without persistence of scripts.
+    _reports_after(redis_url, store_loop, lambda client: client.script_flush())
 
 
 def test_an_unconfirmed_wait_fails_the_reports_that_wait_and_only_those(
@@ -163,3 +172,39 @@ def test_a_cancelled_report_does_not_disturb_the_others(
     done, after = store_loop.run(scenario())
     assert len(done) == RANKS - 1
     assert after.progress[0] == 4 and after.issued_until == 4
+
+
+def test_reports_heal_a_connection_the_redis_closed(
+    redis_url: str, store_loop: asyncio.Runner
+) -> None:
+    def close_every_connection(client: redis.Redis) -> None:
+        # As a restart or a proxy's idle timeout: the reports' own connection is one.
+        assert client.client_kill_filter(_type="normal", skipme=True) >= 1
+
+    _reports_after(redis_url, store_loop, close_every_connection)
+
+
+def test_a_redis_that_stops_answering_is_unavailable_then_used_again(
+    redis_url: str, store_loop: asyncio.Runner
+) -> None:
+    store = RedisJobStore(redis_url, wait_replicas=0, socket_timeout=0.2)
+
+    async def scenario() -> tuple[BaseException | JobRecord, JobRecord]:
+        await store.create(make_record(world_size=RANKS))
+        await store.report("job-a", generation=1, rank=0, iteration=1)
+        client = redis.Redis.from_url(redis_url)
+        client.execute_command("CLIENT", "PAUSE", "1500", "WRITE")  # a hung Redis
+        try:
+            hung = await asyncio.gather(
+                store.report("job-a", generation=1, rank=1, iteration=2, issue_until=3),
+                return_exceptions=True)
+        finally:
+            client.execute_command("CLIENT", "UNPAUSE")
+            client.close()
+        after = await store.report("job-a", generation=1, rank=1, iteration=3, issue_until=4)
+        await store.close()
+        return hung[0], after
+
+    hung, after = store_loop.run(scenario())
+    assert isinstance(hung, StoreUnavailable) and "socket_timeout=0.2" in str(hung), hung
+    assert after.progress[1] == 3 and after.issued_until == 4

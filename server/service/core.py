@@ -74,7 +74,7 @@ from .checkpoints import (
     parse_state,
 )
 from .firstplans import FirstPlans
-from .groupcommit import GroupCommit
+from .groupcommit import DEFAULT_COMMIT_DELAY, GroupCommit
 from .inputs import (
     Limits,
     check_job_id,
@@ -139,9 +139,11 @@ class SchedulerService:
         events: ServiceEvents | None = None,
         state_keys: StateKeys | None = None,
         auth_enabled: bool = False,
+        commit_delay: float = DEFAULT_COMMIT_DELAY,
     ) -> None:
         self.store = store
-        self._reports = GroupCommit(store)  # a job's concurrent reports: one write
+        # A job's concurrent reports: one write (``commit_delay``: see groupcommit).
+        self._reports = GroupCommit(store, delay=commit_delay)
         self._shared_plans = SharedPlans()  # a job's ranks ask for the same plans
         # Checkpoint states are signed with these; with auth on, only signed ones load.
         self.state_keys = state_keys

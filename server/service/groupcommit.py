@@ -9,11 +9,20 @@ then go out together, as one write: each rank's iteration, and the highest
 store, so the merged write records what the separate ones would have). Reports that
 differ in what the store checks (generation, incarnation, the spec and changes the
 server holds) or that carry a decision go in writes of their own.
+
+The commit delay (as PostgreSQL's ``commit_delay``): a batch that has waited for the
+write before it goes out once every rank of the job is in it or in that write (nobody
+else is to be waited for), or ``delay`` seconds after its first report arrived,
+whichever comes first. gRPC starts about one RPC per turn of
+the event loop, so a job's reports trickle in; without the delay a batch holds the two
+or three that came during one write, and every write costs the server as much Python
+as a whole report. A lone report, and the first report after an idle spell, never wait.
 """
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import TypeAlias
 
@@ -21,6 +30,9 @@ from ..store.base import JobRecord, JobStore, Metrics, RankOutOfRange
 
 # What a write checks in the store, so reports that agree on it can share one write.
 Key: TypeAlias = tuple[str, int, str | None, str, int]
+
+#: The default commit delay, in seconds (``paramsched serve --commit-delay``).
+DEFAULT_COMMIT_DELAY = 0.001
 
 
 @dataclass
@@ -34,26 +46,46 @@ class _Report:
 
 
 @dataclass
-class _Waiting:
-    """Reports of one key that wait for the write in flight."""
+class _Lane:
+    """One key's writes: while it exists, a write is in flight or a batch is about to
+    go, and new reports of the key wait in ``waiting``."""
 
-    reports: list[_Report] = field(default_factory=list)
+    waiting: list[_Report] = field(default_factory=list)
+    first: float = 0.0  # when the first of ``waiting`` arrived (loop time)
+    ranks: set[int] = field(default_factory=set)  # the ranks in ``waiting``
+    written: set[int] = field(default_factory=set)  # the ranks of the last write
+    world_size: int = 0  # the job's, from its last write (0: not known)
+    timer: asyncio.TimerHandle | None = None  # the delayed send of ``waiting``
 
-    def add(self, rank: int, iteration: int, issue_until: int, held_until: int,
-            finished_at: float) -> asyncio.Future[JobRecord]:
-        future: asyncio.Future[JobRecord] = asyncio.get_running_loop().create_future()
-        self.reports.append(_Report(rank, iteration, issue_until, held_until, finished_at,
-                                    future))
-        return future
+    def add(self, report: _Report, now: float) -> None:
+        if not self.waiting:
+            self.first = now
+        self.waiting.append(report)
+        self.ranks.add(report.rank)
+
+    def complete(self) -> bool:
+        """Every rank of the job is waiting or was in the last write: no other report
+        is on its way."""
+        return 0 < self.world_size <= len(self.ranks | self.written)
+
+    def take(self) -> list[_Report]:
+        reports, self.waiting, self.ranks = self.waiting, [], set()
+        return reports
+
+    def wrote(self, record: JobRecord, ranks: Iterable[int]) -> None:
+        self.world_size = record.world_size
+        self.written = set(ranks)
 
 
 class GroupCommit:
     """``JobStore.report`` for many concurrent callers, a write per job at a time."""
 
-    def __init__(self, store: JobStore) -> None:
+    def __init__(self, store: JobStore, *, delay: float = DEFAULT_COMMIT_DELAY) -> None:
+        if delay < 0:
+            raise ValueError(f"the commit delay must be >= 0 seconds, got {delay}")
         self.store = store
-        self._busy: set[Key] = set()  # keys with a write in flight
-        self._waiting: dict[Key, _Waiting] = {}
+        self.delay = delay
+        self._lanes: dict[Key, _Lane] = {}
         self._tasks: set[asyncio.Task[None]] = set()
 
     async def report(self, job_id: str, *, generation: int, rank: int, iteration: int,
@@ -69,28 +101,44 @@ class GroupCommit:
                 known_changes=known_changes, incarnation=incarnation,
                 finished_at=finished_at, held_until=held_until)
         key: Key = (job_id, generation, incarnation, known_spec_hash, known_changes)
-        if key in self._busy:
-            waiting = self._waiting.setdefault(key, _Waiting())
-            return await waiting.add(rank, iteration, issue_until, held_until, finished_at)
-        self._busy.add(key)
+        loop = asyncio.get_running_loop()
+        lane = self._lanes.get(key)
+        if lane is not None:
+            future: asyncio.Future[JobRecord] = loop.create_future()
+            lane.add(_Report(rank, iteration, issue_until, held_until, finished_at, future),
+                     loop.time())
+            if lane.timer is not None and lane.complete():  # (the last one it waited for)
+                lane.timer.cancel()
+                self._start(key, lane)
+            return await future
+        lane = self._lanes[key] = _Lane()
         try:
-            return await self._write(key, {rank: iteration}, issue_until, held_until,
-                                     finished_at)
+            record = await self._write(key, {rank: iteration}, issue_until, held_until,
+                                       finished_at)
+            lane.wrote(record, (rank,))
+            return record
         finally:
-            self._next(key)
+            self._next(key, lane)
 
-    def _next(self, key: Key) -> None:
-        """The write of ``key`` came back: send the reports that waited for it."""
-        waiting = self._waiting.pop(key, None)
-        if waiting is None:
-            self._busy.discard(key)
+    def _next(self, key: Key, lane: _Lane) -> None:
+        """The write of ``key`` came back: send the reports that waited for it, now or
+        when the commit delay of the first of them is over."""
+        if not lane.waiting:
+            del self._lanes[key]
             return
-        task = asyncio.get_running_loop().create_task(self._send(key, waiting))
+        if self.delay == 0 or lane.complete():
+            self._start(key, lane)
+            return
+        loop = asyncio.get_running_loop()
+        lane.timer = loop.call_at(lane.first + self.delay, self._start, key, lane)
+
+    def _start(self, key: Key, lane: _Lane) -> None:
+        lane.timer = None
+        task = asyncio.get_running_loop().create_task(self._send(key, lane, lane.take()))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _send(self, key: Key, waiting: _Waiting) -> None:
-        reports = waiting.reports
+    async def _send(self, key: Key, lane: _Lane, reports: list[_Report]) -> None:
         progress: dict[int, int] = {}
         for report in reports:
             progress[report.rank] = max(report.iteration, progress.get(report.rank, 0))
@@ -106,6 +154,7 @@ class GroupCommit:
                 # on its own, so only that rank is refused.
                 await asyncio.gather(*(self._alone(key, report) for report in reports))
                 return
+            lane.wrote(record, progress)
             for report in reports:
                 if not report.future.done():  # (a caller that gave up)
                     report.future.set_result(record)
@@ -116,7 +165,7 @@ class GroupCommit:
             if not isinstance(exc, Exception):
                 raise
         finally:
-            self._next(key)
+            self._next(key, lane)
 
     async def _alone(self, key: Key, report: _Report) -> None:
         try:

@@ -78,6 +78,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import time
 from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from contextlib import asynccontextmanager, contextmanager
@@ -324,6 +325,7 @@ class RedisJobStore:
         if wait_timeout <= 0:
             raise ValueError(f"wait_timeout must be > 0 seconds, got {wait_timeout}")
         self.url = url
+        self.socket_timeout = socket_timeout
         self.wait_replicas = wait_replicas
         self.wait_timeout = wait_timeout
         self._auto_replicas = 0
@@ -380,6 +382,8 @@ class RedisJobStore:
         self._senders = 0  # tasks sending queued reports (at most _MAX_PIPELINES)
         self._report_keys: dict[str, list[str]] = {}  # job id -> its keys (never mutated)
         self._batches: set[asyncio.Task[None]] = set()
+        # The reports' own connection (``_reports_line``) and the loop it belongs to.
+        self._report_line: tuple[Any, asyncio.AbstractEventLoop | None] = (None, None)
 
     @staticmethod
     def _sentinel(target: SentinelTarget, options: dict[str, Any]) -> Sentinel:
@@ -543,12 +547,12 @@ class RedisJobStore:
         timeout_ms = max(1, int(self.wait_timeout * 1000))
         todo = batch
         for _attempt in range(3):
-            async with self._redis.pipeline(transaction=False) as pipe:
-                for item in todo:
-                    pipe.evalsha(script.sha, len(item.keys), *item.keys, *item.args)
-                if replicas:
-                    pipe.execute_command("WAIT", replicas, timeout_ms)
-                replies = await pipe.execute(raise_on_error=False)
+            commands: list[tuple[Any, ...]] = [
+                ("EVALSHA", script.sha, len(item.keys), *item.keys, *item.args)
+                for item in todo]
+            if replicas:
+                commands.append(("WAIT", replicas, timeout_ms))
+            replies = await self._reports_line(commands)
             acked = replies[-1] if replicas else replicas
             again: list[_QueuedReport] = []
             for item, reply in zip(todo, replies, strict=False):
@@ -572,6 +576,59 @@ class RedisJobStore:
             await self._redis.script_load(script.script)
             todo = again
         raise StoreError("redis error during report: script could not be loaded")
+
+    async def _reports_line(self, commands: list[tuple[Any, ...]]) -> list[Any]:
+        """The replies of ``commands`` (Redis errors as values), sent in one write on the
+        store's own connection for reports (not a redis-py pipeline).
+
+        A pipeline costs redis-py's per-call work (a connection out of the pool and
+        back, a retry wrapper, a task per socket write for its timeout, a timer per
+        reply) on the one event loop that serves every report; this connection pays one
+        timeout for the whole round trip. Like the pool's commands, a round trip that
+        fails on a broken connection is tried once more on a fresh one (the scripts
+        only ever raise what they record), then the error is the caller's."""
+        for attempt in (1, 2):
+            line = await self._report_connection()
+            try:
+                async with asyncio.timeout(self.socket_timeout):
+                    if not line.is_connected:
+                        # (its own connect: a Sentinel's asks for the master; sending on
+                        # a closed connection would connect to its host, not the master)
+                        await line.connect()
+                    await line.send_packed_command(line.pack_commands(commands),
+                                                   check_health=False)
+                    replies: list[Any] = []
+                    for _ in commands:  # (all are read, or the next round trip reads these)
+                        try:
+                            replies.append(await line.read_response(timeout=math.inf))
+                        except redis_errors.ResponseError as exc:
+                            replies.append(exc)
+                    return replies
+            except TimeoutError:  # (asyncio.timeout's, after read_response disconnected)
+                if attempt == 2:
+                    raise redis_errors.TimeoutError(
+                        f"no reply within socket_timeout={self.socket_timeout:g} s") from None
+            except (redis_errors.ConnectionError, redis_errors.TimeoutError, OSError):
+                await line.disconnect(nowait=True)
+                if attempt == 2:
+                    raise
+        raise AssertionError("unreachable: the second attempt returns or raises")
+
+    async def _report_connection(self) -> Any:
+        """The connection ``_reports_line`` uses, made on first use (and again on a new
+        event loop: a connection's streams belong to the loop that opened them). It has
+        the pool's settings (on Sentinel: it asks the sentinels for the master) but no
+        socket timeout of its own: ``_reports_line`` bounds the whole round trip."""
+        loop = asyncio.get_running_loop()
+        line, line_loop = self._report_line
+        if line is None or line_loop is not loop:
+            if line is not None:
+                await line.disconnect(nowait=True)
+            assert not isinstance(self._redis, RedisCluster)  # (they go one by one)
+            pool = self._redis.connection_pool
+            line = pool.connection_class(**{**pool.connection_kwargs, "socket_timeout": None})
+            self._report_line = (line, loop)
+        return line
 
     @asynccontextmanager
     async def _backend(self, what: str) -> AsyncIterator[None]:
@@ -885,6 +942,10 @@ class RedisJobStore:
     async def close(self) -> None:
         """Close the connection pool (a later call would open new connections)."""
         async with self._backend("close"):
+            line, _loop = self._report_line
+            if line is not None:
+                self._report_line = (None, None)
+                await line.disconnect(nowait=True)
             if self.sentinel is not None:
                 await self.sentinel.aclose()
             if isinstance(self._redis, RedisCluster):
