@@ -18,8 +18,8 @@ import redis.asyncio as aioredis
 from paramsched.server.store import (
     IncarnationMismatch,
     JobNotFound,
-    JobRecord,
     RedisJobStore,
+    Reported,
     StaleGeneration,
     StoreUnavailable,
 )
@@ -48,7 +48,7 @@ def test_concurrent_reports_share_round_trips_and_each_gets_its_own_record(
 ) -> None:
     store = RedisJobStore(redis_url, wait_replicas=0)
 
-    async def scenario() -> list[JobRecord]:
+    async def scenario() -> list[Reported]:
         await store.create(make_record(world_size=RANKS))
         await store.report("job-a", generation=1, rank=0, iteration=0)  # loads the script
         writes = _count_writes(monkeypatch)
@@ -88,21 +88,21 @@ def test_a_refused_report_in_a_shared_pipeline_fails_alone(
             return_exceptions=True)
 
     ok1, stale, mismatch, missing, ok2 = store_loop.run(scenario())
-    assert isinstance(ok1, JobRecord) and ok1.progress[1] == 5
+    assert isinstance(ok1, Reported) and ok1.progress[1] == 5
     assert isinstance(stale, StaleGeneration) and stale.current == 1
     assert isinstance(mismatch, IncarnationMismatch)
     assert isinstance(missing, JobNotFound)
-    assert isinstance(ok2, JobRecord) and ok2.progress[4] == 6 and 2 not in ok2.progress
+    assert isinstance(ok2, Reported) and ok2.progress[4] == 6 and 2 not in ok2.progress
     store_loop.run(store.close())
 
 
 def _reports_after(redis_url: str, store_loop: asyncio.Runner,
-                   disturb: Callable[[redis.Redis], Any]) -> list[JobRecord]:
+                   disturb: Callable[[redis.Redis], Any]) -> list[Reported]:
     """Every rank's report, concurrent, after one report and then ``disturb`` done to
     the Redis (by another client)."""
     store = RedisJobStore(redis_url, wait_replicas=0)
 
-    async def scenario() -> list[JobRecord]:
+    async def scenario() -> list[Reported]:
         await store.create(make_record(world_size=RANKS))
         await store.report("job-a", generation=1, rank=0, iteration=1)
         with redis.Redis.from_url(redis_url) as client:
@@ -149,7 +149,7 @@ def test_an_unconfirmed_wait_fails_the_reports_that_wait_and_only_those(
     planned, progress_only, decided = store_loop.run(scenario())
     assert isinstance(planned, StoreUnavailable) and "replica" in str(planned)
     assert isinstance(decided, StoreUnavailable)
-    assert isinstance(progress_only, JobRecord) and progress_only.progress[2] == 5
+    assert isinstance(progress_only, Reported) and progress_only.progress[2] == 5
 
 
 def test_a_cancelled_report_does_not_disturb_the_others(
@@ -157,7 +157,7 @@ def test_a_cancelled_report_does_not_disturb_the_others(
 ) -> None:
     store = RedisJobStore(redis_url, wait_replicas=0)
 
-    async def scenario() -> tuple[list[JobRecord], JobRecord]:
+    async def scenario() -> tuple[list[Reported], Reported]:
         await store.create(make_record(world_size=RANKS))
         reports = [asyncio.ensure_future(store.report(
             "job-a", generation=1, rank=rank, iteration=3, issue_until=4))
@@ -189,7 +189,7 @@ def test_a_redis_that_stops_answering_is_unavailable_then_used_again(
 ) -> None:
     store = RedisJobStore(redis_url, wait_replicas=0, socket_timeout=0.2)
 
-    async def scenario() -> tuple[BaseException | JobRecord, JobRecord]:
+    async def scenario() -> tuple[BaseException | Reported, Reported]:
         await store.create(make_record(world_size=RANKS))
         await store.report("job-a", generation=1, rank=0, iteration=1)
         client = redis.Redis.from_url(redis_url)

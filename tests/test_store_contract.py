@@ -384,7 +384,7 @@ class TestJobStoreContract:
                     issue_until=500,
                 )
             assert (caught.value.given, caught.value.current) == (generation, 2)
-            assert await job_store.get("job-a") == before
+            assert await job_store.get("job-a") == before.record(before.spec, before.changes)
 
         store_loop.run(scenario())
 
@@ -1138,7 +1138,7 @@ class TestEmbeddedJobStore:
             with pytest.raises(StoreUnavailable):
                 await store.get("job-a")
             reopened = EmbeddedJobStore(tmp_path / "nested" / "dir")
-            assert await reopened.get("job-a") == written
+            assert await reopened.get("job-a") == written.record(written.spec, written.changes)
             await reopened.close()
 
         store_loop.run(scenario())

@@ -51,6 +51,7 @@ from ..store import (
     IncarnationMismatch,
     JobNotFound,
     JobRecord,
+    JobState,
     JobStore,
     Keyframe,
     RankOutOfRange,
@@ -217,7 +218,6 @@ class SchedulerService:
     def _spec_for(self, record: JobRecord) -> JobSpec:
         spec = self._specs.get(record.spec_hash)
         if spec is None:
-            assert record.spec is not None
             spec = parse_spec(record.spec, prefix="stored spec")
             self._specs[record.spec_hash] = spec
             if len(self._specs) > self.cache_size:
@@ -240,14 +240,12 @@ class SchedulerService:
         ):
             self._jobs.touch(record.job_id)
             return entry
-        if record.changes is None:  # a reply that left out changes we should hold
-            raise AssertionError("record without its changes for an uncached schedule")
         changes = list(record.changes)
         cached = self._specs.get(record.spec_hash)
         big = cached is None or cached.num_groups * max(1, len(cached.schedulers)) > 256
 
         def build() -> LoadedJob:
-            spec = cached or parse_spec(record.spec or {}, prefix="stored spec")
+            spec = cached or parse_spec(record.spec, prefix="stored spec")
             return LoadedJob(record.incarnation, record.spec_hash, record.generation,
                              record.num_changes, spec,
                              self._schedule(spec, changes, record), changes)
@@ -256,8 +254,6 @@ class SchedulerService:
             entry = LoadedJob(record.incarnation, record.spec_hash, record.generation, 0,
                               prebuilt.spec, prebuilt, changes)
         else:
-            if cached is None:
-                assert record.spec is not None
             entry = await self.offload(build) if big else build()
         self._specs[record.spec_hash] = entry.spec
         self._specs.move_to_end(record.spec_hash)
@@ -279,7 +275,7 @@ class SchedulerService:
         """About the memory the job cache holds (as last counted)."""
         return self._jobs.nbytes
 
-    async def _warm(self, entry: LoadedJob, record: JobRecord) -> None:
+    async def _warm(self, entry: LoadedJob, record: JobState) -> None:
         """Seed a newly loaded job from its stored keyframe (once), so it continues near
         the frontier instead of replaying from iteration 0."""
         if entry.warmed:
@@ -323,7 +319,7 @@ class SchedulerService:
         task.add_done_callback(self._background.discard)
 
     @staticmethod
-    def _schedule(spec: JobSpec, changes: list[dict[str, Any]], record: JobRecord) -> Schedule:
+    def _schedule(spec: JobSpec, changes: list[dict[str, Any]], record: JobState) -> Schedule:
         return Schedule.from_changes(spec, changes, record.decisions, where="stored changes")
 
     def _forget(self, job_id: str) -> None:
@@ -342,7 +338,7 @@ class SchedulerService:
             raise InvalidArgument(f"must be >= 0, got {plan_size}", field="plan_size")
         return min(plan_size or self.default_plan_size, self.max_plan_size)
 
-    async def _plan(self, entry: LoadedJob, record: JobRecord, start: int, stop: int, *,
+    async def _plan(self, entry: LoadedJob, record: JobState, start: int, stop: int, *,
                     frontier: bool = False, held: int = 0) -> Plan:
         """The plan for [start, stop): computed inline when cheap (near a keyframe or a
         recent query), else in a worker thread, so a long replay never stalls the other
@@ -407,7 +403,7 @@ class SchedulerService:
             self._shared_plans.put(key, plan)
         return plan
 
-    def _values(self, entry: LoadedJob, record: JobRecord, start: int,
+    def _values(self, entry: LoadedJob, record: JobState, start: int,
                 stop: int) -> list[GroupValues]:
         try:
             try:
@@ -454,14 +450,14 @@ class SchedulerService:
             canonical, spec_hash, prebuilt = await self._first_plan(spec, first)
             # A new job is created with this rank joined and its first plan recorded (one
             # store write); an existing one is joined below.
-            fresh = JobRecord(job_id, canonical, spec_hash, world_size=world_size,
+            fresh = JobRecord(job_id, spec_hash, spec=canonical, world_size=world_size,
                               created_at=time.time(), incarnation=new_incarnation(),
                               run_id=run_id, progress={rank: 0},
                               issued_until=0 if start_over else first)
             await self._check_quota(job_id)
             with store_errors():
                 record, created = await self.store.create(fresh)
-            if not created and record.spec_hash != spec_hash and record.spec is not None:
+            if not created and record.spec_hash != spec_hash:
                 # A job keeps the engine semantics it was created with: the same config
                 # attached on a newer server is the same job, computed with its version.
                 kept = record.spec.get("semantics", 1)
@@ -469,7 +465,6 @@ class SchedulerService:
                     spec = parse_spec({**spec_data, "semantics": kept}, limits=self.limits)
                     canonical, spec_hash = spec.to_dict(), content_hash(spec.to_dict())
             if not created and record.spec_hash != spec_hash:
-                assert record.spec is not None
                 diff = "; ".join(spec_difference(record.spec, canonical)) or "specs differ"
                 raise AlreadyExists(
                     f"job {job_id!r} exists with a different spec: {diff}. Attach with the "
@@ -591,7 +586,6 @@ class SchedulerService:
                           issue: int) -> JobRecord:
         """A new generation of the job from iteration 0 for run ``run_id`` (its ranks
         share it): progress, decisions and changes are gone, the audit trail says so."""
-        assert record.spec is not None
         entry = self._audit_entry("start_over", 0, record.generation + 1, details={
             "run_id": run_id, "world_size": world_size,
             "previous_generation": record.generation, "previous_run_id": record.run_id})
@@ -776,8 +770,8 @@ class SchedulerService:
         finished_at = time.time() if iteration >= entry.schedule.max_iters else 0.0
         with store_errors():
             try:
-                # (the record may be shared with other reports: it is not changed here)
-                record = await self._reports.report(
+                # (the reply may be shared with other reports: it is not changed here)
+                reported = await self._reports.report(
                     job_id, generation=generation, rank=rank, iteration=iteration,
                     decision=decision, issue_until=issue_until,
                     known_spec_hash=entry.spec_hash, known_changes=entry.num_changes,
@@ -800,14 +794,12 @@ class SchedulerService:
                 raise FailedPrecondition(str(exc)) from None
             except RankOutOfRange as exc:
                 raise InvalidArgument(str(exc), field="rank") from None
-        if record.changes is not None or (
-                record.spec is not None and record.spec_hash != entry.spec_hash):
-            # A change came in meanwhile.
-            if record.spec is None:
-                record = dataclasses.replace(record, spec=entry.spec.to_dict())
-            entry = await self._load(record)
-        entry.frontier = max(entry.frontier, record.issued_until)
-        plan = await self._plan(entry, record, iteration, iteration + size, frontier=True,
+        if reported.changes is not None or (
+                reported.spec is not None and reported.spec_hash != entry.spec_hash):
+            # A change came in meanwhile: the reply has what this entry lacks.
+            entry = await self._load(reported.record(entry.spec.to_dict(), entry.changes))
+        entry.frontier = max(entry.frontier, reported.issued_until)
+        plan = await self._plan(entry, reported, iteration, iteration + size, frontier=True,
                                 held=held_until if skip_held else 0)
         self.events.job_reported(job_id)
         self.events.plan_issued(job_id, len(plan.values))

@@ -26,7 +26,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import TypeAlias
 
-from ..store.base import JobRecord, JobStore, Metrics, RankOutOfRange
+from ..store.base import JobStore, Metrics, RankOutOfRange, Reported
 
 # What a write checks in the store, so reports that agree on it can share one write.
 Key: TypeAlias = tuple[str, int, str | None, str, int]
@@ -42,7 +42,7 @@ class _Report:
     issue_until: int
     held_until: int
     finished_at: float
-    future: asyncio.Future[JobRecord]
+    future: asyncio.Future[Reported]
 
 
 @dataclass
@@ -72,7 +72,7 @@ class _Lane:
         reports, self.waiting, self.ranks = self.waiting, [], set()
         return reports
 
-    def wrote(self, record: JobRecord, ranks: Iterable[int]) -> None:
+    def wrote(self, record: Reported, ranks: Iterable[int]) -> None:
         self.world_size = record.world_size
         self.written = set(ranks)
 
@@ -91,7 +91,7 @@ class GroupCommit:
     async def report(self, job_id: str, *, generation: int, rank: int, iteration: int,
                      issue_until: int, known_spec_hash: str, known_changes: int,
                      incarnation: str | None, finished_at: float, held_until: int,
-                     decision: tuple[int, Metrics | None] | None = None) -> JobRecord:
+                     decision: tuple[int, Metrics | None] | None = None) -> Reported:
         """The record after this rank's report is stored (alone or with others). The
         record may be shared with the other callers of its write: do not change it."""
         if decision is not None:  # (rare: once per epoch; its write goes alone)
@@ -104,7 +104,7 @@ class GroupCommit:
         loop = asyncio.get_running_loop()
         lane = self._lanes.get(key)
         if lane is not None:
-            future: asyncio.Future[JobRecord] = loop.create_future()
+            future: asyncio.Future[Reported] = loop.create_future()
             lane.add(_Report(rank, iteration, issue_until, held_until, finished_at, future),
                      loop.time())
             if lane.timer is not None and lane.complete():  # (the last one it waited for)
@@ -180,7 +180,7 @@ class GroupCommit:
                 report.future.set_result(record)
 
     async def _write(self, key: Key, progress: dict[int, int], issue_until: int,
-                     held_until: int, finished_at: float) -> JobRecord:
+                     held_until: int, finished_at: float) -> Reported:
         job_id, generation, incarnation, known_spec_hash, known_changes = key
         (rank, iteration), *more = progress.items()
         return await self.store.report(

@@ -38,7 +38,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from typing import Any, Protocol
 
 Metrics = dict[str, float]
@@ -131,17 +131,11 @@ def content_hash(data: Any) -> str:
 
 
 @dataclass
-class JobRecord:
-    """A job's authoritative state.
-
-    ``spec`` is the canonical spec dict (``JobSpec.to_dict()``); it may be ``None`` in a
-    ``report`` reply when the caller said it already holds the spec with ``spec_hash``.
-    ``changes`` are the job's changes, in order (``reschedule``); ``None`` in a
-    ``report`` reply when the caller said it already holds all ``num_changes`` of them.
-    """
+class JobState:
+    """What every record of a job holds but its spec and changes: a full record
+    (``JobRecord``) and a report's reply (``Reported``) alike."""
 
     job_id: str
-    spec: dict[str, Any] | None
     spec_hash: str
     generation: int = 1
     version: int = 1
@@ -151,7 +145,6 @@ class JobRecord:
     progress: dict[int, int] = field(default_factory=dict)  # rank -> iterations done
     decisions: dict[int, Metrics | None] = field(default_factory=dict)  # epoch -> metrics
     resumed_from: str = ""  # what started this generation: "<state hash>:<run id>"
-    changes: list[dict[str, Any]] | None = field(default_factory=list)
     num_changes: int = 0
     incarnation: str = ""  # fixed at creation ("" for jobs stored before incarnations)
     run_id: str = ""  # the run this generation belongs to
@@ -167,15 +160,45 @@ class JobRecord:
         """Whether any rank completed an iteration or any epoch was decided."""
         return bool(self.decisions) or any(it > 0 for it in self.progress.values())
 
+
+@dataclass
+class JobRecord(JobState):
+    """A job's authoritative state: ``spec`` is the canonical spec dict
+    (``JobSpec.to_dict()``), ``changes`` the job's changes in order (``reschedule``)."""
+
+    spec: dict[str, Any] = field(kw_only=True)
+    changes: list[dict[str, Any]] = field(default_factory=list, kw_only=True)
+
     def copy(self) -> JobRecord:
         return replace(
             self,
-            spec=json.loads(canonical_json(self.spec)) if self.spec is not None else None,
-            changes=(json.loads(canonical_json(self.changes))
-                       if self.changes is not None else None),
+            spec=json.loads(canonical_json(self.spec)),
+            changes=json.loads(canonical_json(self.changes)),
             progress=dict(self.progress),
             decisions={k: (dict(v) if v is not None else None) for k, v in self.decisions.items()},
         )
+
+
+@dataclass
+class Reported(JobState):
+    """``JobStore.report``'s reply: the job's state after the report, with only what the
+    caller does not hold already. ``spec`` is the stored spec where its hash is not the
+    caller's ``known_spec_hash`` (None: the caller's is current); ``changes`` the stored
+    changes where there are not ``known_changes`` of them (None: the caller holds them
+    all)."""
+
+    spec: dict[str, Any] | None = field(default=None, kw_only=True)
+    changes: list[dict[str, Any]] | None = field(default=None, kw_only=True)
+
+    def record(self, spec: dict[str, Any], changes: list[dict[str, Any]]) -> JobRecord:
+        """The full record, given the spec and changes the caller held (used where this
+        reply has none of its own)."""
+        fields = {name: getattr(self, name) for name in _STATE_FIELDS}
+        return JobRecord(**fields, spec=self.spec if self.spec is not None else spec,
+                         changes=self.changes if self.changes is not None else changes)
+
+
+_STATE_FIELDS = tuple(f.name for f in fields(JobState))
 
 
 @dataclass(frozen=True)
@@ -258,7 +281,7 @@ class JobStore(Protocol):
         finished_at: float = 0.0,
         held_until: int = 0,
         more_progress: Mapping[int, int] | None = None,
-    ) -> JobRecord:
+    ) -> Reported:
         """Record a rank's progress, atomically.
 
         Raises JobNotFound; StaleGeneration when ``generation`` is not the stored one;
@@ -266,9 +289,9 @@ class JobStore(Protocol):
         RankOutOfRange when the stored world size is known and ``rank`` is not below it.
         Sets ``progress[rank] = max(stored, iteration)``; stores ``decision`` (epoch,
         metrics or None) unless that epoch already has one; raises ``issued_until`` to
-        ``issue_until``; bumps ``version``. Returns the record after the change, with
-        ``spec=None`` when ``known_spec_hash`` equals the stored ``spec_hash`` and
-        ``changes=None`` when ``known_changes`` equals the stored ``num_changes``.
+        ``issue_until``; bumps ``version``. Returns the job after the change, without the
+        spec when ``known_spec_hash`` equals the stored ``spec_hash`` and without the
+        changes when ``known_changes`` equals the stored ``num_changes`` (``Reported``).
         ``finished_at`` (> 0) is stored unless the job has one already; ``join`` of a
         new run, ``load_state`` and ``reschedule`` clear it. ``held_until`` raises the
         job's ``held_until`` (the caller checked the claim).

@@ -56,6 +56,7 @@ from .base import (
     Keyframe,
     Metrics,
     RankOutOfRange,
+    Reported,
     StaleGeneration,
     StoreError,
     StoreUnavailable,
@@ -339,9 +340,7 @@ class EmbeddedJobStore:
         return self._call(run_all, write=True)
 
     @staticmethod
-    def _read(
-        conn: sqlite3.Connection, job_id: str, *, with_spec: bool = True, known_changes: int = -1
-    ) -> JobRecord | None:
+    def _read(conn: sqlite3.Connection, job_id: str) -> JobRecord | None:
         row = conn.execute(
             f"SELECT {_JOB_COLUMNS}, finished_at, held_until FROM jobs WHERE job_id = ?",
             (job_id,)
@@ -351,10 +350,11 @@ class EmbeddedJobStore:
         (spec, spec_hash, generation, version, world_size, created_at, issued, resumed,
          incarnation, run_id, finished_at, held_until) = row
         progress, decisions, num_changes, changes = EmbeddedJobStore._children(
-            conn, job_id, known_changes)
+            conn, job_id, -1)
+        assert changes is not None  # (the caller holds none of them)
         return JobRecord(
             job_id=job_id,
-            spec=json.loads(spec) if with_spec else None,
+            spec=json.loads(spec),
             spec_hash=spec_hash,
             generation=generation,
             version=version,
@@ -395,12 +395,9 @@ class EmbeddedJobStore:
                 int(num_changes), changes)
 
     @classmethod
-    def _read_existing(
-        cls, conn: sqlite3.Connection, job_id: str, *, with_spec: bool = True,
-        known_changes: int = -1,
-    ) -> JobRecord:
+    def _read_existing(cls, conn: sqlite3.Connection, job_id: str) -> JobRecord:
         """Read a job this transaction just saw or wrote (it cannot have vanished)."""
-        record = cls._read(conn, job_id, with_spec=with_spec, known_changes=known_changes)
+        record = cls._read(conn, job_id)
         if record is None:
             raise JobNotFound(job_id)
         return record
@@ -533,7 +530,7 @@ class EmbeddedJobStore:
         finished_at: float = 0.0,
         held_until: int = 0,
         more_progress: Mapping[int, int] | None = None,
-    ) -> JobRecord:
+    ) -> Reported:
         """Record ranks' progress atomically; see ``JobStore.report``."""
         progress_rows = [(job_id, int(rank), int(iteration))]
         progress_rows += [(job_id, int(r), int(i)) for r, i in (more_progress or {}).items()]
@@ -541,7 +538,7 @@ class EmbeddedJobStore:
             (int(decision[0]), canonical_json(decision[1])) if decision is not None else None
         )
 
-        def op(conn: sqlite3.Connection) -> JobRecord:
+        def op(conn: sqlite3.Connection) -> Reported:
             # The job's row, read once: what the checks need, and the fields of the
             # record returned, which this transaction alone may change (it holds the
             # write lock), so they are updated here rather than read again. The spec
@@ -585,7 +582,7 @@ class EmbeddedJobStore:
                 "held_until = ? WHERE job_id = ?", (issued, version, finished, held, job_id))
             progress, decisions, num_changes, changes = self._children(
                 conn, job_id, known_changes)
-            return JobRecord(
+            return Reported(
                 job_id=job_id, spec=json.loads(spec) if spec is not None else None,
                 spec_hash=spec_hash, generation=stored_generation, version=version,
                 world_size=world_size, created_at=float(created_at), issued_until=issued,

@@ -102,6 +102,7 @@ from .base import (
     Keyframe,
     Metrics,
     RankOutOfRange,
+    Reported,
     StaleGeneration,
     StoreError,
     StoreUnavailable,
@@ -272,11 +273,20 @@ class _QueuedReport:
 
 
 def _record(job_id: str, reply: Sequence[Any]) -> JobRecord:
-    """Build a JobRecord from ``read_job``'s reply (strings, decode_responses=True)."""
+    """A JobRecord from ``read_job``'s reply (strings, decode_responses=True) of a
+    script that read the whole job."""
+    reported = _reported(job_id, reply)
+    assert reported.spec is not None and reported.changes is not None  # (all was read)
+    return reported.record(reported.spec, reported.changes)
+
+
+def _reported(job_id: str, reply: Sequence[Any]) -> Reported:
+    """``read_job``'s reply (strings, decode_responses=True) as it is: without the spec
+    or the changes where the report's caller holds them."""
     fields, spec, progress, decisions, num_changes, changes = reply
     (spec_hash, generation, version, world_size, created_at, issued_until, resumed,
      incarnation, run_id, finished_at, held_until) = fields
-    return JobRecord(
+    return Reported(
         job_id=job_id,
         spec=json.loads(spec) if spec is not None else None,
         spec_hash=spec_hash,
@@ -763,7 +773,7 @@ class RedisJobStore:
         finished_at: float = 0.0,
         held_until: int = 0,
         more_progress: Mapping[int, int] | None = None,
-    ) -> JobRecord:
+    ) -> Reported:
         """Record ranks' progress in one script call; see ``JobStore.report``."""
         if decision is None:
             decision_args = ["0", "", ""]
@@ -810,7 +820,7 @@ class RedisJobStore:
             raise StaleGeneration(job_id, generation, int(reply[1]))
         if status == "rank":
             raise RankOutOfRange(job_id, int(reply[2]), int(reply[1]))
-        return _record(job_id, reply[1])
+        return _reported(job_id, reply[1])
 
     async def join(
         self,
