@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import statistics
 import sys
 import tempfile
@@ -41,7 +42,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
 from paramsched.server.service import SchedulerService
-from paramsched.server.store import EmbeddedJobStore, JobStore, RedisJobStore
+from paramsched.server.store import EmbeddedJobStore, JobNotFound, JobStore, RedisJobStore
 
 from redis_harness import RedisServer
 
@@ -149,6 +150,8 @@ async def replicas(state: str, t: int, url: str, rounds: int = 20) -> dict[str, 
     for store in stores:  # connections and scripts are a process's start-up, not a refill
         await store.get("warm-up")
         await store.keyframe("warm-up")
+        with contextlib.suppress(JobNotFound):  # (reports have a connection of their own)
+            await store.report("warm-up", generation=1, rank=0, iteration=0)
     services = [SchedulerService(s) for s in stores]
     view, _plan, _ = await services[0].load_state("job", state, plan_size=PLAN,
                                                   world_size=1, run_id="run", fork=True)
