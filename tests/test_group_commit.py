@@ -276,3 +276,24 @@ def test_a_batch_missing_a_rank_goes_once_the_delay_is_over(open_job_store: Any,
         assert record.progress == {0: 20, 1: 20}
 
     store_loop.run(scenario())
+
+
+def test_a_write_left_in_flight_by_a_closed_event_loop_does_not_hold_the_next_loop(
+        tmp_path: Path) -> None:
+    store = GatedStore(EmbeddedJobStore(tmp_path))
+    commit = _commit(store, delay=60.0)
+    loop = asyncio.new_event_loop()  # closed below with its task still pending
+    loop.run_until_complete(_job(store, 2))
+
+    async def left_hanging() -> None:
+        store.gate = asyncio.Event()  # never opened: the write stays in flight
+        hanging.append(asyncio.ensure_future(_report(commit, 0, 5)))
+        await _turns()
+
+    hanging: list[Any] = []
+    loop.run_until_complete(left_hanging())
+    loop.close()
+    with asyncio.Runner() as runner:  # (as a service outliving its first loop)
+        record = runner.run(asyncio.wait_for(_report(commit, 1, 6), 10))
+        assert record.progress[1] == 6
+        runner.run(store.inner.close())

@@ -56,6 +56,7 @@ class _Lane:
     written: set[int] = field(default_factory=set)  # the ranks of the last write
     world_size: int = 0  # the job's, from its last write (0: not known)
     timer: asyncio.TimerHandle | None = None  # the delayed send of ``waiting``
+    loop: asyncio.AbstractEventLoop | None = None  # the event loop of its writes
 
     def add(self, report: _Report, now: float) -> None:
         if not self.waiting:
@@ -103,6 +104,8 @@ class GroupCommit:
         key: Key = (job_id, generation, incarnation, known_spec_hash, known_changes)
         loop = asyncio.get_running_loop()
         lane = self._lanes.get(key)
+        if lane is not None and lane.loop is not loop:
+            lane = None  # (left by a closed event loop: its write will never come back)
         if lane is not None:
             future: asyncio.Future[Reported] = loop.create_future()
             lane.add(_Report(rank, iteration, issue_until, held_until, finished_at, future),
@@ -111,7 +114,7 @@ class GroupCommit:
                 lane.timer.cancel()
                 self._start(key, lane)
             return await future
-        lane = self._lanes[key] = _Lane()
+        lane = self._lanes[key] = _Lane(loop=loop)
         try:
             record = await self._write(key, {rank: iteration}, issue_until, held_until,
                                        finished_at)
@@ -124,7 +127,8 @@ class GroupCommit:
         """The write of ``key`` came back: send the reports that waited for it, now or
         when the commit delay of the first of them is over."""
         if not lane.waiting:
-            del self._lanes[key]
+            if self._lanes.get(key) is lane:
+                del self._lanes[key]
             return
         if self.delay == 0 or lane.complete():
             self._start(key, lane)
