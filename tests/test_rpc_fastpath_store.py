@@ -208,3 +208,19 @@ def test_a_redis_that_stops_answering_is_unavailable_then_used_again(
     hung, after = store_loop.run(scenario())
     assert isinstance(hung, StoreUnavailable) and "socket_timeout=0.2" in str(hung), hung
     assert after.progress[1] == 3 and after.issued_until == 4
+
+
+def test_reports_go_on_after_the_event_loop_of_the_first_ones_closed(redis_url: str) -> None:
+    store = RedisJobStore(redis_url, wait_replicas=0)
+    first = asyncio.new_event_loop()  # (as a store outliving the loop it was used on)
+    creator = RedisJobStore(redis_url, wait_replicas=0)
+    first.run_until_complete(creator.create(make_record(world_size=RANKS)))
+    first.run_until_complete(creator.close())
+    # Only the reports' connection belongs to the first loop (the pool's own connections
+    # of a closed loop are redis-py's to mend: its disconnect fails then).
+    first.run_until_complete(store.report("job-a", generation=1, rank=0, iteration=1))
+    first.close()
+    with asyncio.Runner() as runner:
+        record = runner.run(store.report("job-a", generation=1, rank=1, iteration=2))
+        runner.run(store.close())
+    assert record.progress == {0: 1, 1: 2}

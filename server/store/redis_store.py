@@ -545,8 +545,9 @@ class RedisJobStore:
                 raise
 
     async def _pipelined(self, batch: list[_QueuedReport]) -> None:
-        """One redis-py pipeline (no transaction: each script is atomic on its own) of
-        the batch's scripts, then one ``WAIT`` when any of them needs it."""
+        """The batch's scripts in one round trip on the reports' connection (no
+        transaction: each script is atomic on its own), then one ``WAIT`` when any of
+        them needs it."""
         batch = [item for item in batch if not item.future.done()]  # (callers gone)
         if not batch:
             return
@@ -614,13 +615,13 @@ class RedisJobStore:
                         except redis_errors.ResponseError as exc:
                             replies.append(exc)
                     return replies
-            except TimeoutError:  # (asyncio.timeout's, after read_response disconnected)
+            except (redis_errors.ConnectionError, redis_errors.TimeoutError, OSError) as exc:
+                await line.disconnect(nowait=True)  # (its state is unknown now)
                 if attempt == 2:
-                    raise redis_errors.TimeoutError(
-                        f"no reply within socket_timeout={self.socket_timeout:g} s") from None
-            except (redis_errors.ConnectionError, redis_errors.TimeoutError, OSError):
-                await line.disconnect(nowait=True)
-                if attempt == 2:
+                    if isinstance(exc, TimeoutError):  # (asyncio.timeout's: an OSError)
+                        raise redis_errors.TimeoutError(
+                            f"no reply within socket_timeout={self.socket_timeout:g} s"
+                        ) from None
                     raise
         raise AssertionError("unreachable: the second attempt returns or raises")
 
@@ -632,8 +633,8 @@ class RedisJobStore:
         loop = asyncio.get_running_loop()
         line, line_loop = self._report_line
         if line is None or line_loop is not loop:
-            if line is not None:
-                await line.disconnect(nowait=True)
+            # (a connection of another loop is left to it: closing its transport from
+            # here fails once that loop is closed)
             assert not isinstance(self._redis, RedisCluster)  # (they go one by one)
             pool = self._redis.connection_pool
             line = pool.connection_class(**{**pool.connection_kwargs, "socket_timeout": None})
