@@ -50,27 +50,26 @@ class _Lane:
     """One key's writes: while it exists, a write is in flight or a batch is about to
     go, and new reports of the key wait in ``waiting``."""
 
+    loop: asyncio.AbstractEventLoop  # the event loop of its writes
     waiting: list[_Report] = field(default_factory=list)
     first: float = 0.0  # when the first of ``waiting`` arrived (loop time)
-    ranks: set[int] = field(default_factory=set)  # the ranks in ``waiting``
     written: set[int] = field(default_factory=set)  # the ranks of the last write
     world_size: int = 0  # the job's, from its last write (0: not known)
     timer: asyncio.TimerHandle | None = None  # the delayed send of ``waiting``
-    loop: asyncio.AbstractEventLoop | None = None  # the event loop of its writes
 
     def add(self, report: _Report, now: float) -> None:
         if not self.waiting:
             self.first = now
         self.waiting.append(report)
-        self.ranks.add(report.rank)
 
     def complete(self) -> bool:
         """Every rank of the job is waiting or was in the last write: no other report
         is on its way."""
-        return 0 < self.world_size <= len(self.ranks | self.written)
+        return 0 < self.world_size <= len(
+            self.written.union(report.rank for report in self.waiting))
 
     def take(self) -> list[_Report]:
-        reports, self.waiting, self.ranks = self.waiting, [], set()
+        reports, self.waiting = self.waiting, []
         return reports
 
     def wrote(self, record: Reported, ranks: Iterable[int]) -> None:
