@@ -128,6 +128,16 @@ async def bench_paramsched(target: str, seconds: float, concurrency: int,
         return await drive(stub.ReportProgress, request, seconds, concurrency)
 
 
+def measured(server: ServerProcess, args: argparse.Namespace) -> dict[str, float]:
+    """``bench_paramsched`` against ``server``, started for it and stopped after."""
+    server.start()
+    try:
+        return asyncio.run(bench_paramsched(server.target, args.seconds, args.concurrency,
+                                            args.plan_size))
+    finally:
+        server.stop()
+
+
 def row(name: str, result: dict[str, float], echo: dict[str, float]) -> str:
     ratio = result.get("ratio", result["rps"] / echo["rps"])
     return (f"| {name} | {result['rps']:.0f} | {result['p50_ms']:.2f} | {result['p99_ms']:.2f} "
@@ -159,13 +169,8 @@ def replicated_rows(tmp: Path, args: argparse.Namespace,
         for wait in (0, 1):
             with redis_py.Redis.from_url(master.url) as client:
                 client.flushall()  # a fresh job each time
-            server = ServerProcess(redis_url=master.url,
-                                   args=["--redis-wait-replicas", str(wait)]).start()
-            try:
-                result = asyncio.run(bench_paramsched(server.target, args.seconds,
-                                                      args.concurrency, args.plan_size))
-            finally:
-                server.stop()
+            result = measured(ServerProcess(redis_url=master.url,
+                                            args=["--redis-wait-replicas", str(wait)]), args)
             lines.append(row(f"paramsched, Redis master + replica, --redis-wait-replicas "
                              f"{wait}", result, echo))
     finally:
@@ -201,20 +206,11 @@ def main() -> None:
         try:
             for round_ in range(args.rounds):  # echo and both stores, side by side
                 echoes.append(asyncio.run(bench_echo(args.seconds, args.concurrency, sample)))
-                server = ServerProcess(data_dir=Path(tmp) / f"data-{round_}").start()
-                try:
-                    embedded.append(asyncio.run(bench_paramsched(
-                        server.target, args.seconds, args.concurrency, args.plan_size)))
-                finally:
-                    server.stop()
+                embedded.append(measured(ServerProcess(data_dir=Path(tmp) / f"data-{round_}"),
+                                         args))
                 with redis_py.Redis.from_url(redis.url) as client:
                     client.flushall()  # a fresh job each round
-                server = ServerProcess(redis_url=redis.url).start()
-                try:
-                    on_redis.append(asyncio.run(bench_paramsched(
-                        server.target, args.seconds, args.concurrency, args.plan_size)))
-                finally:
-                    server.stop()
+                on_redis.append(measured(ServerProcess(redis_url=redis.url), args))
         finally:
             redis.stop()
         echo = {key: statistics.median(e[key] for e in echoes) for key in echoes[0]}
